@@ -1,0 +1,1 @@
+//! The eBPF assembler: typed instructions, encoder/decoder, listings, a label-resolving builder.

@@ -1,0 +1,1 @@
+//! ELF writer: one generated program per object, loadable by bpftool/libbpf.

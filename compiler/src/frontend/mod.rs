@@ -1,0 +1,1 @@
+//! Frontend: Kubernetes/Calico YAML -> typed cluster model.

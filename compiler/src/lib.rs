@@ -1,0 +1,15 @@
+//! polc: compiles Kubernetes and Calico network policy into eBPF bytecode.
+//!
+//! The pipeline is `frontend` (YAML -> cluster model) -> `resolve`/`lower` (-> IR in
+//! `polc_ir`) -> codegen -> `asm` (bytecode, listings) -> `elf` (objects) and `vm` (rbpf).
+
+pub mod asm;
+pub mod compile;
+pub mod elf;
+pub mod error;
+pub mod explain;
+pub mod frontend;
+pub mod lower;
+pub mod resolve;
+pub mod selector;
+pub mod vm;

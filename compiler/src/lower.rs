@@ -1,0 +1,1 @@
+//! Lowering: resolved per-endpoint policy -> IR (polc_ir).

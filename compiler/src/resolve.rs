@@ -1,0 +1,1 @@
+//! Resolution: endpoints, selectors -> endpoint/network-set sets, named ports -> numbers.

@@ -1,0 +1,1 @@
+//! Calico selector expressions: parser, canonical printer, evaluator.
