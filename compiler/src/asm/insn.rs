@@ -701,7 +701,7 @@ pub fn encode_program(insns: &[Insn]) -> Result<Vec<u8>, String> {
 
 /// Split bytes into raw slots; the length must be a multiple of 8.
 pub fn raw_slots(bytes: &[u8]) -> Result<Vec<RawInsn>, DecodeError> {
-    if bytes.len() % 8 != 0 {
+    if !bytes.len().is_multiple_of(8) {
         return Err(DecodeError {
             slot: bytes.len() / 8,
             message: format!("{} bytes is not a whole number of instructions", bytes.len()),
