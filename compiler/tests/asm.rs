@@ -58,8 +58,12 @@ fn pseudo() -> impl Strategy<Value = Pseudo> {
 
 fn any_insn() -> impl Strategy<Value = Insn> {
     prop_oneof![
-        (width(), alu_op(), reg(), src())
-            .prop_map(|(width, op, dst, src)| Insn::Alu { width, op, dst, src }),
+        (width(), alu_op(), reg(), src()).prop_map(|(width, op, dst, src)| Insn::Alu {
+            width,
+            op,
+            dst,
+            src
+        }),
         (width(), reg()).prop_map(|(width, dst)| Insn::Neg { width, dst }),
         (
             prop::sample::select(vec![Endian::ToLe, Endian::ToBe, Endian::Swap]),
@@ -77,16 +81,27 @@ fn any_insn() -> impl Strategy<Value = Insn> {
         (any::<i32>(), any::<i16>())
             .prop_map(|(btf_id, off)| Insn::Call(Callee::Kfunc { btf_id, off })),
         Just(Insn::Exit),
-        (reg(), pseudo(), any::<u64>())
-            .prop_map(|(dst, pseudo, imm)| Insn::LdImm64 { dst, pseudo, imm }),
+        (reg(), pseudo(), any::<u64>()).prop_map(|(dst, pseudo, imm)| Insn::LdImm64 {
+            dst,
+            pseudo,
+            imm
+        }),
         (size(), any::<i32>()).prop_map(|(size, imm)| Insn::LdAbs { size, imm }),
         (size(), reg(), any::<i32>()).prop_map(|(size, src, imm)| Insn::LdInd { size, src, imm }),
         (size(), any::<bool>(), reg(), reg(), any::<i16>())
             .prop_map(|(size, signed, dst, src, off)| Insn::Ldx { size, signed, dst, src, off }),
-        (size(), reg(), any::<i16>(), any::<i32>())
-            .prop_map(|(size, dst, off, imm)| Insn::St { size, dst, off, imm }),
-        (size(), reg(), reg(), any::<i16>())
-            .prop_map(|(size, dst, src, off)| Insn::Stx { size, dst, src, off }),
+        (size(), reg(), any::<i16>(), any::<i32>()).prop_map(|(size, dst, off, imm)| Insn::St {
+            size,
+            dst,
+            off,
+            imm
+        }),
+        (size(), reg(), reg(), any::<i16>()).prop_map(|(size, dst, src, off)| Insn::Stx {
+            size,
+            dst,
+            src,
+            off
+        }),
         (size(), atomic_op(), reg(), reg(), any::<i16>())
             .prop_map(|(size, op, dst, src, off)| Insn::Atomic { size, op, dst, src, off }),
     ]
@@ -171,9 +186,7 @@ fn objdump_lines(listing: &str) -> Vec<(usize, String)> {
 
 #[test]
 fn disassembly_matches_llvm_objdump() {
-    let expected = objdump_lines(
-        &std::fs::read_to_string(testdata("bpf/sample.objdump")).unwrap(),
-    );
+    let expected = objdump_lines(&std::fs::read_to_string(testdata("bpf/sample.objdump")).unwrap());
     let ours: Vec<(usize, String)> = decode_program(&sample_text())
         .unwrap()
         .into_iter()
@@ -185,7 +198,8 @@ fn disassembly_matches_llvm_objdump() {
         assert_eq!(o, e);
     }
     // Re-encoding the decoded program reproduces clang's bytes exactly.
-    let insns: Vec<Insn> = decode_program(&sample_text()).unwrap().into_iter().map(|x| x.1).collect();
+    let insns: Vec<Insn> =
+        decode_program(&sample_text()).unwrap().into_iter().map(|x| x.1).collect();
     assert_eq!(encode_program(&insns).unwrap(), sample_text());
 }
 

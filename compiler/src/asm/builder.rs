@@ -27,7 +27,10 @@ pub enum AsmError {
     UnboundLabel(usize),
     LabelBoundTwice(usize),
     /// `index` counts the builder's items (instructions, jumps, labels and comments).
-    Invalid { index: usize, message: String },
+    Invalid {
+        index: usize,
+        message: String,
+    },
     TooLarge(usize),
 }
 

@@ -223,35 +223,92 @@ pub enum Callee {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Insn {
     /// `dst op= src` (ALU/ALU64 classes).
-    Alu { width: Width, op: AluOp, dst: Reg, src: Src },
+    Alu {
+        width: Width,
+        op: AluOp,
+        dst: Reg,
+        src: Src,
+    },
     /// `dst = -dst`.
-    Neg { width: Width, dst: Reg },
+    Neg {
+        width: Width,
+        dst: Reg,
+    },
     /// `dst = be16 dst` etc.; `bits` is 16, 32 or 64.
-    Endian { kind: Endian, bits: u8, dst: Reg },
+    Endian {
+        kind: Endian,
+        bits: u8,
+        dst: Reg,
+    },
     /// `goto +off` (16-bit offset).
-    Ja { off: i16 },
+    Ja {
+        off: i16,
+    },
     /// `gotol +off` (32-bit offset, JMP32 class).
-    JaLong { off: i32 },
+    JaLong {
+        off: i32,
+    },
     /// `if dst cond src goto +off`.
-    Jmp { width: Width, cond: Cond, dst: Reg, src: Src, off: i16 },
+    Jmp {
+        width: Width,
+        cond: Cond,
+        dst: Reg,
+        src: Src,
+        off: i16,
+    },
     /// `may_goto +off`: a jump the kernel may take to bound loops.
-    MayGoto { off: i16 },
+    MayGoto {
+        off: i16,
+    },
     Call(Callee),
     Exit,
     /// `dst = imm64` with a pseudo source tag (two slots).
-    LdImm64 { dst: Reg, pseudo: Pseudo, imm: u64 },
+    LdImm64 {
+        dst: Reg,
+        pseudo: Pseudo,
+        imm: u64,
+    },
     /// Legacy packet access: `r0 = *(size *)skb[imm]`.
-    LdAbs { size: Size, imm: i32 },
+    LdAbs {
+        size: Size,
+        imm: i32,
+    },
     /// Legacy packet access: `r0 = *(size *)skb[src + imm]`.
-    LdInd { size: Size, src: Reg, imm: i32 },
+    LdInd {
+        size: Size,
+        src: Reg,
+        imm: i32,
+    },
     /// `dst = *(size *)(src + off)`, sign-extending when `signed`.
-    Ldx { size: Size, signed: bool, dst: Reg, src: Reg, off: i16 },
+    Ldx {
+        size: Size,
+        signed: bool,
+        dst: Reg,
+        src: Reg,
+        off: i16,
+    },
     /// `*(size *)(dst + off) = imm`.
-    St { size: Size, dst: Reg, off: i16, imm: i32 },
+    St {
+        size: Size,
+        dst: Reg,
+        off: i16,
+        imm: i32,
+    },
     /// `*(size *)(dst + off) = src`.
-    Stx { size: Size, dst: Reg, src: Reg, off: i16 },
+    Stx {
+        size: Size,
+        dst: Reg,
+        src: Reg,
+        off: i16,
+    },
     /// Atomic operation on `*(size *)(dst + off)` with `src`.
-    Atomic { size: Size, op: AtomicOp, dst: Reg, src: Reg, off: i16 },
+    Atomic {
+        size: Size,
+        op: AtomicOp,
+        dst: Reg,
+        src: Reg,
+        off: i16,
+    },
 }
 
 // Opcode fields.
@@ -540,7 +597,8 @@ impl Insn {
             },
             Insn::Exit => raw(CLASS_JMP | 0x90, 0, 0, 0, 0),
             Insn::LdImm64 { dst, pseudo, imm } => {
-                let lo = raw(CLASS_LD | MODE_IMM | 0x18, dst.0, pseudo.code(), 0, imm as u32 as i32);
+                let lo =
+                    raw(CLASS_LD | MODE_IMM | 0x18, dst.0, pseudo.code(), 0, imm as u32 as i32);
                 let hi = raw(0, 0, 0, 0, (imm >> 32) as u32 as i32);
                 return Ok(vec![lo, hi]);
             }
@@ -620,9 +678,9 @@ impl Insn {
             },
             CLASS_LD => match r.opcode & 0xe0 {
                 MODE_IMM if r.opcode == 0x18 => {
-                    let hi = slots
-                        .get(at + 1)
-                        .ok_or_else(|| err("64-bit immediate load without its second slot".into()))?;
+                    let hi = slots.get(at + 1).ok_or_else(|| {
+                        err("64-bit immediate load without its second slot".into())
+                    })?;
                     if hi.opcode != 0 || hi.dst != 0 || hi.src != 0 || hi.off != 0 {
                         return Err(err("malformed second slot of a 64-bit immediate load".into()));
                     }
