@@ -1,15 +1,281 @@
-//! `polc compile`: policy in, annotated listings and ELF objects out.
+//! `polc compile`: policy in, one program per endpoint x direction x family (after dedupe)
+//! out, as annotated listings and ELF objects, with worst-case costs from the CFG.
 
-use crate::error::{Error, Result};
+use crate::asm::Program;
+use crate::cfg::{worst_case, WorstCase};
+use crate::codegen::{self, RuleTable};
+use crate::elf::{write_object, ElfMap, ElfProgram, MapReloc};
+use crate::error::{print_stdout, Error, Result};
+use crate::frontend;
+use polc_ir::{Direction, EndpointPolicy, Family, Ir};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Output format of `compile` and `explain`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
 
 /// Flags of `polc compile` (docs/cli.md).
 #[derive(clap::Args, Debug)]
 pub struct CompileArgs {
     /// Policy/cluster YAML: a file or directory (recursive); repeatable.
-    #[arg(short = 'f', long = "filename")]
-    pub files: Vec<std::path::PathBuf>,
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Write listings (`.txt`) and ELF objects (`.o`) of every program into this directory.
+    #[arg(short = 'o', long = "output-dir")]
+    pub output_dir: Option<PathBuf>,
+    /// `text` prints the annotated listings; `json` prints a summary object.
+    #[arg(long = "output", value_enum, default_value = "text")]
+    pub output: OutputFormat,
 }
 
-pub fn run(_args: &CompileArgs) -> Result<()> {
-    Err(Error::other("compile is not implemented yet"))
+/// One unique program and the endpoints that share it.
+#[derive(Debug, Clone)]
+pub struct CompiledProgram {
+    pub endpoints: Vec<String>,
+    pub direction: Direction,
+    pub family: Family,
+    pub program: Program,
+    pub bytes: Vec<u8>,
+    pub worst_case: WorstCase,
+}
+
+/// Everything a compile produces.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub ir: Ir,
+    pub programs: Vec<CompiledProgram>,
+    pub rules: RuleTable,
+    /// Per family: LPM IP-set entries (key, value) for the loader.
+    pub ipset_entries: BTreeMap<u8, Vec<(Vec<u8>, Vec<u8>)>>,
+    pub named_port_entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Compiled {
+    /// The map definitions a program of `family` refers to, sized for this compile.
+    pub fn map_specs(&self, family: Family) -> Vec<codegen::MapSpec> {
+        let ipsets = self.ipset_entries.get(&family.number()).map_or(0, Vec::len);
+        codegen::map_specs(family, ipsets, self.named_port_entries.len(), self.rules.len())
+    }
+}
+
+fn families(ep: &EndpointPolicy) -> Vec<Family> {
+    let mut f: Vec<Family> = ep.addresses.iter().map(Family::of).collect();
+    f.sort_by_key(|f| f.number());
+    f.dedup();
+    f
+}
+
+/// Generate -O0 programs for every endpoint x direction x family of `ir`, deduplicated.
+pub fn compile_ir(ir: Ir) -> Result<Compiled> {
+    let mut rules = RuleTable::default();
+    let mut programs: Vec<CompiledProgram> = Vec::new();
+    let mut by_bytes: BTreeMap<(Direction, u8, Vec<u8>), usize> = BTreeMap::new();
+    for ep in &ir.endpoints {
+        for family in families(ep) {
+            let program = codegen::generate(ep, family, &mut rules).map_err(|e| {
+                Error::other(format!(
+                    "endpoint {} {} IPv{}: {e}",
+                    ep.endpoint,
+                    ep.direction.as_str(),
+                    family.number()
+                ))
+            })?;
+            let bytes = program.try_to_bytes().map_err(Error::other)?;
+            let key = (ep.direction, family.number(), bytes.clone());
+            if let Some(&i) = by_bytes.get(&key) {
+                programs[i].endpoints.push(ep.endpoint.clone());
+                continue;
+            }
+            let worst_case = worst_case(&program.insns).map_err(|e| {
+                Error::other(format!("endpoint {}: CFG analysis: {e}", ep.endpoint))
+            })?;
+            by_bytes.insert(key, programs.len());
+            programs.push(CompiledProgram {
+                endpoints: vec![ep.endpoint.clone()],
+                direction: ep.direction,
+                family,
+                program,
+                bytes,
+                worst_case,
+            });
+        }
+    }
+    let ip_sets: Vec<&polc_ir::IpSet> = ir.ip_sets.iter().map(|s| &**s).collect();
+    let port_sets: Vec<&polc_ir::PortSet> = ir.port_sets.iter().map(|s| &**s).collect();
+    let mut ipset_entries = BTreeMap::new();
+    for family in [Family::V4, Family::V6] {
+        ipset_entries.insert(family.number(), codegen::ipset_entries(&ip_sets, family));
+    }
+    let named_port_entries = codegen::named_port_entries(&port_sets);
+    Ok(Compiled { ir, programs, rules, ipset_entries, named_port_entries })
+}
+
+/// Load, lower and compile the given files.
+pub fn compile_files(files: &[PathBuf]) -> Result<Compiled> {
+    let cluster = frontend::load(files)?;
+    compile_ir(crate::lower::lower(&cluster))
+}
+
+/// A stable file name for a program: `ingress-v4-shop-web` (+ `-N` for more endpoints).
+fn program_file_name(p: &CompiledProgram) -> String {
+    let first = p.endpoints.first().map_or("none".to_string(), |e| e.replace('/', "-"));
+    let more = if p.endpoints.len() > 1 {
+        format!("-and-{}-more", p.endpoints.len() - 1)
+    } else {
+        String::new()
+    };
+    format!("{}-v{}-{first}{more}", p.direction.as_str(), p.family.number())
+}
+
+/// The ELF object of one program: its maps as BTF-defined maps, relocations at each
+/// map-loading instruction.
+pub fn elf_object(compiled: &Compiled, p: &CompiledProgram) -> Result<Vec<u8>> {
+    let specs = compiled.map_specs(p.family);
+    let maps: Vec<ElfMap> = specs
+        .iter()
+        .map(|m| ElfMap {
+            name: m.name.to_lowercase(),
+            map_type: m.kind.bpf_type(),
+            key_size: m.key_size,
+            value_size: m.value_size,
+            max_entries: m.max_entries,
+            map_flags: m.flags,
+        })
+        .collect();
+    let mut relocs = Vec::new();
+    let mut slot = 0usize;
+    let mut bytes = p.bytes.clone();
+    for insn in &p.program.insns {
+        if let crate::asm::Insn::LdImm64 { pseudo: crate::asm::Pseudo::MapFd, imm, .. } = insn {
+            let map = specs.iter().position(|m| m.handle as u64 == *imm).ok_or_else(|| {
+                Error::other(format!("instruction {slot} refers to unknown map {imm}"))
+            })?;
+            relocs.push(MapReloc { insn_index: slot, map });
+            // The relocation supplies the map; the immediate must be zero in the object.
+            bytes[slot * 8 + 4..slot * 8 + 8].copy_from_slice(&[0; 4]);
+        }
+        slot += insn.slots();
+    }
+    let prog = ElfProgram {
+        name: "polc_policy",
+        section: "tc",
+        insns: &bytes,
+        license: "GPL",
+        maps: &maps,
+        relocs: &relocs,
+    };
+    write_object(&prog).map_err(|e| Error::other(e.to_string()))
+}
+
+/// The annotated listing of one program, with a header naming its endpoints.
+pub fn listing(compiled: &Compiled, p: &CompiledProgram) -> String {
+    let specs = compiled.map_specs(p.family);
+    let names = |h: u64| specs.iter().find(|m| m.handle as u64 == h).map(|m| m.name.clone());
+    format!(
+        "; {} IPv{} policy for {}\n; {} instructions, worst case {} executed, {} map lookups\n{}",
+        p.direction.as_str(),
+        p.family.number(),
+        p.endpoints.join(", "),
+        p.program.slot_count(),
+        p.worst_case.insns,
+        p.worst_case.map_lookups,
+        p.program.listing(Some(&names))
+    )
+}
+
+/// The `--output json` summary (the CLI contract's fields, plus a few more).
+pub fn summary_json(compiled: &Compiled, compile_ms: u128) -> serde_json::Value {
+    let programs: Vec<_> = compiled
+        .programs
+        .iter()
+        .map(|p| {
+            json!({
+                "endpoints": p.endpoints,
+                "direction": p.direction.as_str(),
+                "family": p.family.number(),
+                "insns": p.program.slot_count(),
+                "worst_case_insns": p.worst_case.insns,
+                "worst_case_map_lookups": p.worst_case.map_lookups,
+                "file": program_file_name(p),
+            })
+        })
+        .collect();
+    json!({
+        "programs": programs,
+        "unique_programs": compiled.programs.len(),
+        "endpoint_programs": compiled.programs.iter().map(|p| p.endpoints.len()).sum::<usize>(),
+        "rules": compiled.rules.len(),
+        "ipset_entries": compiled.ipset_entries.values().map(Vec::len).sum::<usize>(),
+        "named_port_entries": compiled.named_port_entries.len(),
+        "opt_level": 0,
+        "compile_ms": compile_ms,
+    })
+}
+
+/// Write every listing and object into `dir`, all or nothing: files go to a fresh sibling
+/// directory first, which then replaces `dir`'s polc files.
+fn write_outputs(compiled: &Compiled, dir: &Path) -> Result<()> {
+    let io = |what: &str, p: &Path, e: std::io::Error| {
+        Error::other(format!("{what} {}: {e}", p.display()))
+    };
+    std::fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
+    let staging = dir.join(format!(".polc-staging-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir(&staging).map_err(|e| io("cannot create", &staging, e))?;
+    let result = (|| {
+        let mut files = Vec::new();
+        for p in &compiled.programs {
+            let name = program_file_name(p);
+            let txt = staging.join(format!("{name}.txt"));
+            std::fs::write(&txt, listing(compiled, p)).map_err(|e| io("cannot write", &txt, e))?;
+            let obj = staging.join(format!("{name}.o"));
+            std::fs::write(&obj, elf_object(compiled, p)?)
+                .map_err(|e| io("cannot write", &obj, e))?;
+            files.push(format!("{name}.txt"));
+            files.push(format!("{name}.o"));
+        }
+        for f in &files {
+            let (from, to) = (staging.join(f), dir.join(f));
+            std::fs::rename(&from, &to).map_err(|e| io("cannot move into place", &to, e))?;
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+pub fn run(args: &CompileArgs) -> Result<()> {
+    let start = Instant::now();
+    let compiled = compile_files(&args.files)?;
+    let compile_ms = start.elapsed().as_millis();
+    if let Some(dir) = &args.output_dir {
+        write_outputs(&compiled, dir)?;
+    }
+    match args.output {
+        OutputFormat::Json => {
+            print_stdout(&format!("{}\n", summary_json(&compiled, compile_ms)))?;
+        }
+        OutputFormat::Text => {
+            let mut text = String::new();
+            for p in &compiled.programs {
+                text.push_str(&listing(&compiled, p));
+                text.push('\n');
+            }
+            text.push_str(&format!(
+                "; {} unique programs for {} endpoint programs, {} rule ids, compiled in {} ms\n",
+                compiled.programs.len(),
+                compiled.programs.iter().map(|p| p.endpoints.len()).sum::<usize>(),
+                compiled.rules.len(),
+                compile_ms
+            ));
+            print_stdout(&text)?;
+        }
+    }
+    Ok(())
 }

@@ -4,6 +4,8 @@
 //! `polc_ir`) -> codegen -> `asm` (bytecode, listings) -> `elf` (objects) and `vm` (rbpf).
 
 pub mod asm;
+pub mod cfg;
+pub mod codegen;
 pub mod compile;
 pub mod elf;
 pub mod error;

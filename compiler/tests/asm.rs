@@ -266,10 +266,14 @@ fn out_of_range_jumps_become_long_and_still_land() {
     for cond in [Some(Cond::Eq), Some(Cond::Set), Some(Cond::Sle), None] {
         let mut a = Asm::new();
         let far = a.label();
+        let body = a.label();
+        // Keeps the code after an unconditional jump reachable (it would be removed).
+        a.jump_if(Cond::Eq, Reg::R9, 7, body);
         match cond {
             Some(c) => a.jump_if(c, Reg::R2, 6, far),
             None => a.jump(far),
         }
+        a.bind(body);
         a.push(Insn::mov64(Reg::R0, 1));
         for _ in 0..40_000 {
             a.push(Insn::mov64(Reg::R3, 0));
@@ -283,8 +287,8 @@ fn out_of_range_jumps_become_long_and_still_land() {
         // The taken path reaches `far`; the fall-through reaches `r0 = 1`.
         let fallthrough = match cond {
             None => None,
-            Some(c) if c.negate().is_some() => Some(2),
-            Some(_) => Some(3),
+            Some(c) if c.negate().is_some() => Some(3),
+            Some(_) => Some(4),
         };
         assert!(targets.iter().any(|&(_, t)| t == far_slot), "{cond:?}: {targets:?}");
         assert!(prog.insns.iter().any(|i| matches!(i, Insn::JaLong { .. })));
@@ -294,6 +298,25 @@ fn out_of_range_jumps_become_long_and_still_land() {
             assert!(targets.iter().all(|&(_, t)| t >= 0 && t <= far_slot));
         }
     }
+}
+
+#[test]
+fn unreachable_code_is_removed_with_its_comments() {
+    let mut a = Asm::new();
+    let end = a.label();
+    a.jump(end);
+    a.comment("shadowed rule");
+    a.push(Insn::mov64(Reg::R0, 1));
+    a.comment("decide");
+    a.bind(end);
+    a.push(Insn::mov64(Reg::R0, 2));
+    a.push(Insn::exit());
+    let prog = a.assemble().unwrap();
+    assert_eq!(prog.insns, vec![Insn::Ja { off: 0 }, Insn::mov64(Reg::R0, 2), Insn::exit()]);
+    assert_eq!(
+        prog.comments,
+        vec![(1, "unreachable, removed: shadowed rule".to_string()), (1, "decide".to_string())]
+    );
 }
 
 #[test]
@@ -311,9 +334,10 @@ fn builder_errors_are_values() {
     assert!(matches!(a.assemble(), Err(AsmError::Invalid { .. })));
 
     let mut a = Asm::new();
-    for _ in 0..=MAX_INSNS {
-        a.push(Insn::exit());
+    for _ in 0..MAX_INSNS {
+        a.push(Insn::mov64(Reg::R0, 0));
     }
+    a.push(Insn::exit());
     assert!(matches!(a.assemble(), Err(AsmError::TooLarge(_))));
 }
 

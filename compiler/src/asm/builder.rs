@@ -140,6 +140,83 @@ impl Asm {
             }
         }
 
+        // The kernel rejects unreachable instructions, and generated code has them whenever
+        // an earlier rule matches everything; drop them here, once, for every producer.
+        let live = self.reachable(&bound);
+        let items: Vec<Item> = self
+            .items
+            .iter()
+            .zip(&live)
+            .filter_map(|(item, &live)| match (item, live) {
+                (_, true) | (Item::Bind(_), false) => Some(item.clone()),
+                (Item::Comment(c), false) => {
+                    Some(Item::Comment(format!("unreachable, removed: {c}")))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut bound: Vec<Option<usize>> = vec![None; self.labels];
+        for (i, item) in items.iter().enumerate() {
+            if let Item::Bind(Label(l)) = item {
+                bound[*l] = Some(i);
+            }
+        }
+        let this = Asm { items, labels: self.labels };
+        this.emit(&bound)
+    }
+
+    /// Which items execution can reach from the first one. Programs that push raw jumps
+    /// (numeric offsets) are left alone: removing code would move their targets.
+    fn reachable(&self, bound: &[Option<usize>]) -> Vec<bool> {
+        let n = self.items.len();
+        let raw_jumps = self.items.iter().any(|i| {
+            matches!(
+                i,
+                Item::Insn(
+                    Insn::Ja { .. }
+                        | Insn::JaLong { .. }
+                        | Insn::Jmp { .. }
+                        | Insn::MayGoto { .. }
+                        | Insn::Call(super::insn::Callee::Local(_))
+                )
+            )
+        });
+        if raw_jumps {
+            return vec![true; n];
+        }
+        let mut live = vec![false; n];
+        let mut work = vec![0usize];
+        while let Some(i) = work.pop() {
+            if i >= n || live[i] {
+                continue;
+            }
+            live[i] = true;
+            match &self.items[i] {
+                Item::Insn(Insn::Exit) => {}
+                Item::Jump { cond, target: Label(l) } => {
+                    if cond.is_some() {
+                        work.push(i + 1);
+                    }
+                    work.extend(bound[*l]);
+                }
+                _ => work.push(i + 1),
+            }
+        }
+        // A comment describes the instruction after it: it lives or dies with that one,
+        // even when reached only through a label bound in between.
+        let mut next_live = false;
+        for i in (0..n).rev() {
+            match &self.items[i] {
+                Item::Comment(_) => live[i] = next_live,
+                Item::Bind(_) => {}
+                _ => next_live = live[i],
+            }
+        }
+        live
+    }
+
+    /// Relax and resolve jumps; `bound` gives each label's item index.
+    fn emit(&self, bound: &[Option<usize>]) -> Result<Program, AsmError> {
         // Relaxation: jumps start short; any that cannot reach become long. Growth is
         // monotonic, so this terminates (at most once per jump).
         let mut long = vec![false; self.items.len()];

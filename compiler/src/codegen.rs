@@ -1,0 +1,569 @@
+//! Code generation at -O0: one endpoint x direction x family of IR -> a policy program that
+//! evaluates tiers, policies and rules one by one (Calico-style linear evaluation).
+//!
+//! The program reads the flow from the per-CPU `FlowState` the runtime filled, writes the
+//! verdict and the deciding rule's id back, counts a hit for that rule, and tail-calls the
+//! epilogue. Address matches are lookups in an LPM-trie IP-set map keyed by (set id,
+//! address); named ports on selected peers are lookups in a hash map keyed by (set id,
+//! protocol, port, address). Both maps' contents are part of the compile output.
+//! This is the baseline the optimiser is measured and cross-checked against.
+
+use crate::asm::{helper, AluOp, Asm, AsmError, Cond, Insn, Label, Program, Reg, Size};
+use polc_abi as abi;
+use polc_ir::{
+    proto, Action, Direction, EndMatch, EndpointPolicy, Family, IcmpMatch, Match, PortMatch,
+    TierDefault,
+};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// Map handles: the immediate of each map-loading LD_IMM64 (the loader patches fds in, the
+/// ELF writer turns them into relocations, the vm engine uses them as they are).
+pub mod map {
+    /// Per-CPU `FlowState` shared with the runtime (`POLC_STATE`).
+    pub const STATE: u32 = 0;
+    /// The prog array the epilogue lives in (`POLC_JUMP`).
+    pub const JUMP: u32 = 1;
+    /// LPM trie of IP-set members for this program's family.
+    pub const IPSETS: u32 = 2;
+    /// Hash of (set, protocol, port, address) for named ports on selected peers.
+    pub const NAMED_PORTS: u32 = 3;
+    /// Per-CPU array of hit counters by rule id.
+    pub const COUNTERS: u32 = 4;
+}
+
+/// Kinds of maps a generated program uses (BPF_MAP_TYPE_* numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapKind {
+    Hash,
+    Array,
+    PerCpuArray,
+    LpmTrie,
+    ProgArray,
+}
+
+impl MapKind {
+    pub fn bpf_type(self) -> u32 {
+        match self {
+            MapKind::Hash => 1,
+            MapKind::Array => 2,
+            MapKind::ProgArray => 3,
+            MapKind::PerCpuArray => 6,
+            MapKind::LpmTrie => 11,
+        }
+    }
+}
+
+/// A map a generated program refers to, by handle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapSpec {
+    pub handle: u32,
+    pub name: String,
+    pub kind: MapKind,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+}
+
+/// LPM key: u32 prefix length (host order), u32 set id (big-endian, so it is the leading
+/// 32 bits of the prefix), then the address in network order.
+pub fn ipset_key_size(family: Family) -> u32 {
+    8 + address_bytes(family)
+}
+
+/// Named-port key: u32 set id, u8 protocol, u8 zero, u16 port (host order), 16-byte address
+/// (IPv4 in the first 4 bytes, the rest zero, as in `FlowState`).
+pub const NAMED_PORT_KEY_SIZE: u32 = 24;
+
+fn address_bytes(family: Family) -> u32 {
+    match family {
+        Family::V4 => 4,
+        Family::V6 => 16,
+    }
+}
+
+/// The maps of a program of `family`, sized for the given contents.
+pub fn map_specs(
+    family: Family,
+    ipset_entries: usize,
+    named_entries: usize,
+    rules: usize,
+) -> Vec<MapSpec> {
+    let fam = match family {
+        Family::V4 => "v4",
+        Family::V6 => "v6",
+    };
+    vec![
+        MapSpec {
+            handle: map::STATE,
+            name: abi::MAP_STATE.to_string(),
+            kind: MapKind::PerCpuArray,
+            key_size: 4,
+            value_size: abi::FLOW_STATE_SIZE as u32,
+            max_entries: abi::STATE_ENTRIES,
+            flags: 0,
+        },
+        MapSpec {
+            handle: map::JUMP,
+            name: abi::MAP_JUMP.to_string(),
+            kind: MapKind::ProgArray,
+            key_size: 4,
+            value_size: 4,
+            max_entries: abi::JUMP_ENTRIES,
+            flags: 0,
+        },
+        MapSpec {
+            handle: map::IPSETS,
+            name: format!("polc_ipsets_{fam}"),
+            kind: MapKind::LpmTrie,
+            key_size: ipset_key_size(family),
+            value_size: 4,
+            max_entries: ipset_entries.max(1) as u32,
+            // LPM tries must be created with BPF_F_NO_PREALLOC.
+            flags: 1,
+        },
+        MapSpec {
+            handle: map::NAMED_PORTS,
+            name: "polc_named_ports".to_string(),
+            kind: MapKind::Hash,
+            key_size: NAMED_PORT_KEY_SIZE,
+            value_size: 4,
+            max_entries: named_entries.max(1) as u32,
+            flags: 0,
+        },
+        MapSpec {
+            handle: map::COUNTERS,
+            name: "polc_rule_hits".to_string(),
+            kind: MapKind::PerCpuArray,
+            key_size: 4,
+            value_size: 8,
+            max_entries: rules.max(1) as u32,
+            flags: 0,
+        },
+    ]
+}
+
+/// What a rule id stands for: a rule, a tier's default action, or the default profile.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RuleKey {
+    Rule {
+        direction: Direction,
+        tier: String,
+        policy: String,
+        kind: String,
+        index: usize,
+    },
+    TierDefault {
+        direction: Direction,
+        tier: String,
+    },
+    /// No tier selected the endpoint (or traffic passed out of the last tier): allow.
+    Profile {
+        direction: Direction,
+        passed: bool,
+    },
+}
+
+impl RuleKey {
+    /// The comment/label shown in listings and `polc dump`.
+    pub fn describe(&self) -> String {
+        match self {
+            RuleKey::Rule { tier, policy, kind, index, direction } => {
+                format!("tier {tier} / {kind} {policy} / {} rule {index}", direction.as_str())
+            }
+            RuleKey::TierDefault { tier, .. } => {
+                format!("tier {tier}: no rule decided, tier default action")
+            }
+            RuleKey::Profile { passed: false, .. } => {
+                "no policy selects this endpoint: default profile allows".to_string()
+            }
+            RuleKey::Profile { passed: true, .. } => {
+                "passed out of the last tier: default profile allows".to_string()
+            }
+        }
+    }
+}
+
+/// Interns rule identities into dense ids (the counters map index and `FlowState.rule_id`).
+#[derive(Debug, Clone, Default)]
+pub struct RuleTable {
+    ids: BTreeMap<RuleKey, u32>,
+    keys: Vec<RuleKey>,
+}
+
+impl RuleTable {
+    pub fn id(&mut self, key: RuleKey) -> u32 {
+        if let Some(&id) = self.ids.get(&key) {
+            return id;
+        }
+        let id = self.keys.len() as u32;
+        self.keys.push(key.clone());
+        self.ids.insert(key, id);
+        id
+    }
+    pub fn key(&self, id: u32) -> Option<&RuleKey> {
+        self.keys.get(id as usize)
+    }
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+// Stack layout (offsets from r10).
+const STACK_U32_KEY: i16 = -4;
+const STACK_LPM_KEY: i16 = -32; // up to 24 bytes: -32..-8
+const STACK_NAMED_KEY: i16 = -64; // 24 bytes: -64..-40
+
+// Registers that live across helper calls.
+const CTX: Reg = Reg::R6;
+const STATE: Reg = Reg::R7;
+const VERDICT: Reg = Reg::R8;
+const RULE_ID: Reg = Reg::R9;
+
+/// Generate the -O0 policy program for one endpoint, direction and family.
+pub fn generate(
+    ep: &EndpointPolicy,
+    family: Family,
+    rules: &mut RuleTable,
+) -> Result<Program, AsmError> {
+    let mut g = Gen { a: Asm::new(), family };
+    let a = &mut g.a;
+    let decide = a.label();
+    let fail = a.label();
+
+    // No endpoint name here: identical programs are shared by several endpoints.
+    a.comment("prologue: r7 = this CPU's FlowState (drop if missing)");
+    a.push(Insn::mov64(CTX, Reg::R1));
+    a.push(Insn::st(Size::W, Reg::R10, STACK_U32_KEY, abi::STATE_KEY as i32));
+    a.push(Insn::mov64(Reg::R2, Reg::R10));
+    a.push(Insn::alu64(AluOp::Add, Reg::R2, STACK_U32_KEY as i32));
+    a.push(Insn::ld_map_fd(Reg::R1, map::STATE));
+    a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
+    a.jump_if(Cond::Eq, Reg::R0, 0, fail);
+    a.push(Insn::mov64(STATE, Reg::R0));
+
+    if ep.tiers.is_empty() {
+        let id = rules.id(RuleKey::Profile { direction: ep.direction, passed: false });
+        g.a.comment(RuleKey::Profile { direction: ep.direction, passed: false }.describe());
+        g.set_verdict(abi::verdict::ALLOW, id);
+        g.a.jump(decide);
+    } else {
+        for tier in &ep.tiers {
+            let tier_end = g.a.label();
+            g.a.comment(format!(
+                "tier {} (order {}, default {})",
+                tier.name,
+                tier.order.map_or("none".to_string(), |o| o.to_string()),
+                tier.default_action.as_str()
+            ));
+            for pol in &tier.policies {
+                for rule in &pol.rules {
+                    let key = RuleKey::Rule {
+                        direction: ep.direction,
+                        tier: tier.name.clone(),
+                        policy: pol.source.qualified_name(),
+                        kind: pol.source.kind.clone(),
+                        index: rule.index,
+                    };
+                    let id = rules.id(key.clone());
+                    let next = g.a.label();
+                    g.a.comment(format!(
+                        "{}: {} (rule id {id}; {} document {})",
+                        key.describe(),
+                        rule.action.as_str(),
+                        pol.source.file,
+                        pol.source.doc
+                    ));
+                    if !g.match_rule(&rule.matches, next) {
+                        // The rule cannot match in this family: nothing to emit.
+                        g.a.bind(next);
+                        continue;
+                    }
+                    match rule.action {
+                        Action::Log => g.count(Reg::R9, Some(id)),
+                        Action::Pass => {
+                            g.count(Reg::R9, Some(id));
+                            g.a.jump(tier_end);
+                        }
+                        Action::Allow | Action::Deny => {
+                            let v = if rule.action == Action::Allow {
+                                abi::verdict::ALLOW
+                            } else {
+                                abi::verdict::DENY
+                            };
+                            g.set_verdict(v, id);
+                            g.a.jump(decide);
+                        }
+                    }
+                    g.a.bind(next);
+                }
+            }
+            if tier.default_action == TierDefault::Deny {
+                let key = RuleKey::TierDefault { direction: ep.direction, tier: tier.name.clone() };
+                let id = rules.id(key.clone());
+                g.a.comment(format!("{}: deny (rule id {id})", key.describe()));
+                g.set_verdict(abi::verdict::DENY, id);
+                g.a.jump(decide);
+            }
+            g.a.bind(tier_end);
+        }
+        let key = RuleKey::Profile { direction: ep.direction, passed: true };
+        let id = rules.id(key.clone());
+        g.a.comment(format!("{} (rule id {id})", key.describe()));
+        g.set_verdict(abi::verdict::ALLOW, id);
+    }
+
+    let a = &mut g.a;
+    a.comment("decided: record verdict and rule id, count the hit, tail-call the epilogue");
+    a.bind(decide);
+    a.push(Insn::stx(Size::W, STATE, abi::FLOW_VERDICT as i16, VERDICT));
+    a.push(Insn::stx(Size::W, STATE, abi::FLOW_RULE_ID as i16, RULE_ID));
+    g.count(RULE_ID, None);
+    let a = &mut g.a;
+    a.push(Insn::mov64(Reg::R1, CTX));
+    a.push(Insn::ld_map_fd(Reg::R2, map::JUMP));
+    a.push(Insn::mov64(Reg::R3, abi::SLOT_EPILOGUE as i32));
+    a.push(Insn::call(helper::TAIL_CALL));
+    a.comment("no epilogue (or no state): fail closed");
+    a.bind(fail);
+    a.push(Insn::mov64(Reg::R0, abi::TC_ACT_SHOT));
+    a.push(Insn::exit());
+    g.a.assemble()
+}
+
+struct Gen {
+    a: Asm,
+    family: Family,
+}
+
+impl Gen {
+    fn set_verdict(&mut self, verdict: u32, id: u32) {
+        self.a.push(Insn::mov64(VERDICT, verdict as i32));
+        self.a.push(Insn::mov64(RULE_ID, id as i32));
+    }
+
+    /// `hits[id] += 1` in the per-CPU counters map; the id is `fixed` or in `reg`.
+    fn count(&mut self, reg: Reg, fixed: Option<u32>) {
+        let a = &mut self.a;
+        let skip = a.label();
+        match fixed {
+            Some(id) => a.push(Insn::st(Size::W, Reg::R10, STACK_U32_KEY, id as i32)),
+            None => a.push(Insn::stx(Size::W, Reg::R10, STACK_U32_KEY, reg)),
+        }
+        a.push(Insn::mov64(Reg::R2, Reg::R10));
+        a.push(Insn::alu64(AluOp::Add, Reg::R2, STACK_U32_KEY as i32));
+        a.push(Insn::ld_map_fd(Reg::R1, map::COUNTERS));
+        a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
+        a.jump_if(Cond::Eq, Reg::R0, 0, skip);
+        a.push(Insn::ldx(Size::DW, Reg::R1, Reg::R0, 0));
+        a.push(Insn::alu64(AluOp::Add, Reg::R1, 1));
+        a.push(Insn::stx(Size::DW, Reg::R0, 0, Reg::R1));
+        a.bind(skip);
+    }
+
+    /// Emit the checks of `m`, jumping to `next` when one fails. Returns false (and emits
+    /// nothing) when the rule cannot match flows of this program's family.
+    fn match_rule(&mut self, m: &Match, next: Label) -> bool {
+        if m.ip_version.is_some_and(|v| v != self.family) {
+            return false;
+        }
+        if let Some(p) = m.protocol {
+            self.load_protocol(Reg::R1);
+            self.a.jump_if(Cond::Ne, Reg::R1, p as i32, next);
+        }
+        if let Some(p) = m.not_protocol {
+            self.load_protocol(Reg::R1);
+            self.a.jump_if(Cond::Eq, Reg::R1, p as i32, next);
+        }
+        if let Some(icmp) = &m.icmp {
+            let ok = self.a.label();
+            self.icmp(icmp, ok, next);
+            self.a.bind(ok);
+        }
+        if let Some(icmp) = &m.not_icmp {
+            let matched = self.a.label();
+            let ok = self.a.label();
+            self.icmp(icmp, matched, ok);
+            self.a.bind(matched);
+            self.a.jump(next);
+            self.a.bind(ok);
+        }
+        self.end(&m.src, abi::FLOW_SRC_ADDR as i16, abi::FLOW_SRC_PORT as i16, next);
+        self.end(&m.dst, abi::FLOW_DST_ADDR as i16, abi::FLOW_DST_PORT as i16, next);
+        true
+    }
+
+    fn load_protocol(&mut self, r: Reg) {
+        self.a.push(Insn::ldx(Size::B, r, STATE, abi::FLOW_PROTOCOL as i16));
+    }
+
+    /// Jump to `yes` when the flow is ICMP/ICMPv6 with the type (and code), else to `no`.
+    fn icmp(&mut self, m: &IcmpMatch, yes: Label, no: Label) {
+        let a = &mut self.a;
+        let is_icmp = a.label();
+        a.push(Insn::ldx(Size::B, Reg::R1, STATE, abi::FLOW_PROTOCOL as i16));
+        a.jump_if(Cond::Eq, Reg::R1, proto::ICMP as i32, is_icmp);
+        a.jump_if(Cond::Ne, Reg::R1, proto::ICMPV6 as i32, no);
+        a.bind(is_icmp);
+        a.push(Insn::ldx(Size::B, Reg::R1, STATE, abi::FLOW_ICMP_TYPE as i16));
+        a.jump_if(Cond::Ne, Reg::R1, m.icmp_type as i32, no);
+        if let Some(code) = m.code {
+            a.push(Insn::ldx(Size::B, Reg::R1, STATE, abi::FLOW_ICMP_CODE as i16));
+            a.jump_if(Cond::Ne, Reg::R1, code as i32, no);
+        }
+        a.jump(yes);
+    }
+
+    fn end(&mut self, m: &EndMatch, addr_off: i16, port_off: i16, next: Label) {
+        for id in &m.in_sets {
+            self.ipset_lookup(id.0, addr_off);
+            self.a.jump_if(Cond::Eq, Reg::R0, 0, next);
+        }
+        for id in &m.not_in_sets {
+            self.ipset_lookup(id.0, addr_off);
+            self.a.jump_if(Cond::Ne, Reg::R0, 0, next);
+        }
+        if let Some(pm) = &m.ports {
+            let ok = self.a.label();
+            self.require_port_protocol(next);
+            self.ports(pm, addr_off, port_off, ok);
+            self.a.jump(next);
+            self.a.bind(ok);
+        }
+        if let Some(pm) = &m.not_ports {
+            self.require_port_protocol(next);
+            self.ports(pm, addr_off, port_off, next);
+        }
+    }
+
+    /// Ports only match protocols that carry them.
+    fn require_port_protocol(&mut self, next: Label) {
+        let a = &mut self.a;
+        let ok = a.label();
+        a.push(Insn::ldx(Size::B, Reg::R1, STATE, abi::FLOW_PROTOCOL as i16));
+        for p in [proto::TCP, proto::UDP, proto::SCTP, proto::UDPLITE] {
+            a.jump_if(Cond::Eq, Reg::R1, p as i32, ok);
+        }
+        a.jump(next);
+        a.bind(ok);
+    }
+
+    /// Jump to `hit` when the port (or named port on the address) matches; fall through if not.
+    fn ports(&mut self, pm: &PortMatch, addr_off: i16, port_off: i16, hit: Label) {
+        for r in &pm.ranges {
+            let a = &mut self.a;
+            a.push(Insn::ldx(Size::H, Reg::R1, STATE, port_off));
+            if r.lo == r.hi {
+                a.jump_if(Cond::Eq, Reg::R1, r.lo as i32, hit);
+            } else {
+                let miss = a.label();
+                a.jump_if(Cond::Lt, Reg::R1, r.lo as i32, miss);
+                a.jump_if(Cond::Le, Reg::R1, r.hi as i32, hit);
+                a.bind(miss);
+            }
+        }
+        for id in &pm.named {
+            self.named_port_lookup(id.0, addr_off, port_off);
+            self.a.jump_if(Cond::Ne, Reg::R0, 0, hit);
+        }
+    }
+
+    /// r0 = lookup(ipsets, {full prefix, set, address at addr_off}).
+    fn ipset_lookup(&mut self, set: u32, addr_off: i16) {
+        let bits = 32 + self.family.bits() as i32;
+        let a = &mut self.a;
+        a.push(Insn::st(Size::W, Reg::R10, STACK_LPM_KEY, bits));
+        a.push(Insn::st(Size::W, Reg::R10, STACK_LPM_KEY + 4, set.swap_bytes() as i32));
+        self.copy_addr(addr_off, STACK_LPM_KEY + 8, self.family);
+        let a = &mut self.a;
+        a.push(Insn::mov64(Reg::R2, Reg::R10));
+        a.push(Insn::alu64(AluOp::Add, Reg::R2, STACK_LPM_KEY as i32));
+        a.push(Insn::ld_map_fd(Reg::R1, map::IPSETS));
+        a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
+    }
+
+    /// r0 = lookup(named_ports, {set, protocol, 0, port, address}).
+    fn named_port_lookup(&mut self, set: u32, addr_off: i16, port_off: i16) {
+        let a = &mut self.a;
+        a.push(Insn::st(Size::W, Reg::R10, STACK_NAMED_KEY, set as i32));
+        a.push(Insn::ldx(Size::B, Reg::R1, STATE, abi::FLOW_PROTOCOL as i16));
+        a.push(Insn::stx(Size::B, Reg::R10, STACK_NAMED_KEY + 4, Reg::R1));
+        a.push(Insn::st(Size::B, Reg::R10, STACK_NAMED_KEY + 5, 0));
+        a.push(Insn::ldx(Size::H, Reg::R1, STATE, port_off));
+        a.push(Insn::stx(Size::H, Reg::R10, STACK_NAMED_KEY + 6, Reg::R1));
+        self.copy_addr(addr_off, STACK_NAMED_KEY + 8, Family::V6);
+        let a = &mut self.a;
+        a.push(Insn::mov64(Reg::R2, Reg::R10));
+        a.push(Insn::alu64(AluOp::Add, Reg::R2, STACK_NAMED_KEY as i32));
+        a.push(Insn::ld_map_fd(Reg::R1, map::NAMED_PORTS));
+        a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
+    }
+
+    /// Copy the address (4 bytes for IPv4, 16 for `V6`) from the state to the stack.
+    fn copy_addr(&mut self, from: i16, to: i16, width: Family) {
+        let a = &mut self.a;
+        match width {
+            Family::V4 => {
+                a.push(Insn::ldx(Size::W, Reg::R1, STATE, from));
+                a.push(Insn::stx(Size::W, Reg::R10, to, Reg::R1));
+            }
+            Family::V6 => {
+                for half in [0, 8] {
+                    a.push(Insn::ldx(Size::DW, Reg::R1, STATE, from + half));
+                    a.push(Insn::stx(Size::DW, Reg::R10, to + half, Reg::R1));
+                }
+            }
+        }
+    }
+}
+
+/// The IP-set LPM entries for `family`: (key, value) with value = set id (for debugging).
+pub fn ipset_entries(ep_sets: &[&polc_ir::IpSet], family: Family) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    for set in ep_sets {
+        for p in &set.members {
+            if p.family() != family {
+                continue;
+            }
+            let mut key = Vec::with_capacity(ipset_key_size(family) as usize);
+            key.extend_from_slice(&(32 + p.len() as u32).to_ne_bytes());
+            key.extend_from_slice(&set.id.0.to_be_bytes());
+            match p.addr() {
+                IpAddr::V4(a) => key.extend_from_slice(&a.octets()),
+                IpAddr::V6(a) => key.extend_from_slice(&a.octets()),
+            }
+            out.push((key, set.id.0.to_ne_bytes().to_vec()));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The named-port hash entries.
+pub fn named_port_entries(sets: &[&polc_ir::PortSet]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    for set in sets {
+        for m in &set.members {
+            let mut key = Vec::with_capacity(NAMED_PORT_KEY_SIZE as usize);
+            key.extend_from_slice(&set.id.0.to_ne_bytes());
+            key.push(m.protocol);
+            key.push(0);
+            key.extend_from_slice(&m.port.to_ne_bytes());
+            let mut addr = [0u8; 16];
+            match m.addr {
+                IpAddr::V4(a) => addr[..4].copy_from_slice(&a.octets()),
+                IpAddr::V6(a) => addr.copy_from_slice(&a.octets()),
+            }
+            key.extend_from_slice(&addr);
+            out.push((key, set.id.0.to_ne_bytes().to_vec()));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
