@@ -1,0 +1,656 @@
+//! Reading inputs: paths -> files -> YAML documents -> typed objects -> a checked [`Cluster`].
+//!
+//! Each document is parsed twice from the same text: once into an untyped `Value` to learn its
+//! apiVersion/kind/name (and those of `List` items), then into the typed shape for that kind, so
+//! that every error keeps the field path and line:column serde_yaml_ng reports.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::fs;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+use super::model::*;
+use super::raw::*;
+use crate::error::Error;
+
+/// The label the API server puts on every namespace.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// Loads every `-f` path (files, or directories searched recursively for `.yaml`, `.yml` and
+/// `.json`, in sorted order) into one checked cluster.
+pub fn load(paths: &[PathBuf]) -> Result<Cluster, Error> {
+    let mut builder = Builder::default();
+    for path in paths {
+        for file in input_files(path)? {
+            let bytes = fs::read(&file).map_err(|e| io_error(&file, &e))?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| Error::input(format!("{}: not UTF-8 text", file.display())))?;
+            builder.add_file(&file, &text)?;
+        }
+    }
+    builder.finish()
+}
+
+/// Loads one file's text as if it had been read from `name` (for tests and stdin).
+pub fn load_str(name: &str, text: &str) -> Result<Cluster, Error> {
+    let mut builder = Builder::default();
+    builder.add_file(Path::new(name), text)?;
+    builder.finish()
+}
+
+fn io_error(path: &Path, err: &io::Error) -> Error {
+    let msg = format!("{}: {err}", path.display());
+    match err.kind() {
+        io::ErrorKind::NotFound => Error::input(msg),
+        _ => Error::other(msg),
+    }
+}
+
+/// The files a `-f` path stands for.
+fn input_files(path: &Path) -> Result<Vec<PathBuf>, Error> {
+    let meta = fs::metadata(path).map_err(|e| io_error(path, &e))?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files = Vec::new();
+    collect_dir(path, &mut files)?;
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::input(format!(
+            "{}: no .yaml, .yml or .json files in this directory",
+            path.display()
+        )));
+    }
+    Ok(files)
+}
+
+fn collect_dir(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), Error> {
+    let entries = fs::read_dir(dir).map_err(|e| io_error(dir, &e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error(dir, &e))?;
+        let path = entry.path();
+        let file_type = entry.file_type().map_err(|e| io_error(&path, &e))?;
+        // Real directories are searched; symlinks are followed to files only (no loops).
+        if file_type.is_dir() {
+            collect_dir(&path, files)?;
+        } else if path.is_file()
+            && path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+        {
+            files.push(path);
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kinds
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum ObjKind {
+    Namespace,
+    Pod,
+    ServiceAccount,
+    K8sPolicy,
+    CalicoPolicy,
+    GlobalPolicy,
+    Tier,
+    NetworkSet,
+    GlobalNetworkSet,
+}
+
+impl ObjKind {
+    fn classify(api_version: &str, kind: &str) -> Option<ObjKind> {
+        Some(match (api_version, kind) {
+            ("v1", "Namespace") => ObjKind::Namespace,
+            ("v1", "Pod") => ObjKind::Pod,
+            ("v1", "ServiceAccount") => ObjKind::ServiceAccount,
+            ("networking.k8s.io/v1", "NetworkPolicy") => ObjKind::K8sPolicy,
+            ("projectcalico.org/v3", "NetworkPolicy") => ObjKind::CalicoPolicy,
+            ("projectcalico.org/v3", "GlobalNetworkPolicy") => ObjKind::GlobalPolicy,
+            ("projectcalico.org/v3", "Tier") => ObjKind::Tier,
+            ("projectcalico.org/v3", "NetworkSet") => ObjKind::NetworkSet,
+            ("projectcalico.org/v3", "GlobalNetworkSet") => ObjKind::GlobalNetworkSet,
+            _ => return None,
+        })
+    }
+
+    fn namespaced(self) -> bool {
+        matches!(
+            self,
+            ObjKind::Pod
+                | ObjKind::ServiceAccount
+                | ObjKind::K8sPolicy
+                | ObjKind::CalicoPolicy
+                | ObjKind::NetworkSet
+        )
+    }
+}
+
+/// A typed object, before conversion to the model.
+enum Object {
+    Namespace(RawNamespace),
+    Pod(Box<RawPod>),
+    ServiceAccount(RawServiceAccount),
+    K8sPolicy(Box<RawK8sPolicy>),
+    CalicoPolicy(Box<RawCalicoPolicy>),
+    Tier(RawTier),
+    NetworkSet(RawNetworkSet),
+}
+
+fn deserialize_object<'de, D: Deserializer<'de>>(kind: ObjKind, d: D) -> Result<Object, D::Error> {
+    Ok(match kind {
+        ObjKind::Namespace => Object::Namespace(RawNamespace::deserialize(d)?),
+        ObjKind::Pod => Object::Pod(Box::new(RawPod::deserialize(d)?)),
+        ObjKind::ServiceAccount => Object::ServiceAccount(RawServiceAccount::deserialize(d)?),
+        ObjKind::K8sPolicy => Object::K8sPolicy(Box::new(RawK8sPolicy::deserialize(d)?)),
+        ObjKind::CalicoPolicy | ObjKind::GlobalPolicy => {
+            Object::CalicoPolicy(Box::new(RawCalicoPolicy::deserialize(d)?))
+        }
+        ObjKind::Tier => Object::Tier(RawTier::deserialize(d)?),
+        ObjKind::NetworkSet | ObjKind::GlobalNetworkSet => {
+            Object::NetworkSet(RawNetworkSet::deserialize(d)?)
+        }
+    })
+}
+
+/// Deserializes one object of a known kind, or skips it.
+struct ObjectSeed(Option<ObjKind>);
+
+impl<'de> DeserializeSeed<'de> for ObjectSeed {
+    type Value = Option<Object>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        match self.0 {
+            Some(kind) => deserialize_object(kind, d).map(Some),
+            None => IgnoredAny::deserialize(d).map(|_| None),
+        }
+    }
+}
+
+/// Deserializes the `items` of a List document, item i as kind `kinds[i]`.
+struct ListSeed<'a>(&'a [Option<ObjKind>]);
+
+impl<'de> DeserializeSeed<'de> for ListSeed<'_> {
+    type Value = Vec<Option<Object>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ListSeed<'_> {
+    type Value = Vec<Option<Object>>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a List object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(key) = map.next_key::<Value>()? {
+            if key.as_str() == Some("items") {
+                items = map.next_value_seed(ItemsSeed(self.0))?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(items)
+    }
+}
+
+struct ItemsSeed<'a>(&'a [Option<ObjKind>]);
+
+impl<'de> DeserializeSeed<'de> for ItemsSeed<'_> {
+    type Value = Vec<Option<Object>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ItemsSeed<'_> {
+    type Value = Vec<Option<Object>>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of objects")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        loop {
+            let kind = self.0.get(out.len()).copied().flatten();
+            match seq.next_element_seed(ObjectSeed(kind))? {
+                Some(object) => out.push(object),
+                None => return Ok(out),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Document headers (from the untyped pass)
+// ---------------------------------------------------------------------------------------------
+
+/// apiVersion/kind/namespace/name of an object, read leniently for messages and dispatch.
+#[derive(Debug, Clone, Default)]
+struct Header {
+    api_version: String,
+    kind: String,
+    namespace: Option<String>,
+    name: String,
+}
+
+impl Header {
+    fn of(value: &Value) -> Header {
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or_default().to_owned();
+        let meta = value.get("metadata");
+        Header {
+            api_version: text(value.get("apiVersion")),
+            kind: text(value.get("kind")),
+            namespace: meta
+                .and_then(|m| m.get("namespace"))
+                .and_then(Value::as_str)
+                .map(Into::into),
+            name: text(meta.and_then(|m| m.get("name"))),
+        }
+    }
+
+    /// `ns/name`, or `name` when there is no namespace (or the kind is cluster-scoped).
+    fn display_name(&self, namespaced: bool) -> String {
+        if self.name.is_empty() {
+            return String::new();
+        }
+        match &self.namespace {
+            Some(ns) if namespaced => format!("{ns}/{}", self.name),
+            _ if namespaced => format!("default/{}", self.name),
+            _ => self.name.clone(),
+        }
+    }
+}
+
+/// Where an error is: file, document, List item, and the object when known.
+struct Place<'a> {
+    file: &'a Path,
+    doc: usize,
+    item: Option<usize>,
+    object: Option<(String, String)>,
+}
+
+impl Place<'_> {
+    fn error(&self, message: impl fmt::Display) -> Error {
+        let mut out = format!("{}: document {}", self.file.display(), self.doc);
+        if let Some(item) = self.item {
+            out.push_str(&format!(" item {item}"));
+        }
+        match &self.object {
+            Some((kind, name)) if name.is_empty() => out.push_str(&format!(" ({kind})")),
+            Some((kind, name)) => out.push_str(&format!(" ({kind} {name})")),
+            None => {}
+        }
+        Error::input(format!("{out}: {message}"))
+    }
+}
+
+/// Splits an error inside a List item, `items[N].spec...: msg`, into N and `spec...: msg`.
+fn item_of_error(message: &str) -> Option<(usize, &str)> {
+    let rest = message.strip_prefix("items[")?;
+    let (index, rest) = rest.split_once(']')?;
+    let rest = rest.strip_prefix('.').unwrap_or(rest);
+    Some((index.parse().ok()?, rest))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building the cluster
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Builder {
+    cluster: Cluster,
+    /// (kind, namespace, name) -> first place it was defined.
+    seen: HashMap<(ObjKind, Option<String>, String), Source>,
+}
+
+impl Builder {
+    fn add_file(&mut self, file: &Path, text: &str) -> Result<(), Error> {
+        let untyped = serde_yaml_ng::Deserializer::from_str(text);
+        let typed = serde_yaml_ng::Deserializer::from_str(text);
+        for (index, (untyped, typed)) in untyped.zip(typed).enumerate() {
+            let doc = index + 1;
+            let mut place = Place { file, doc, item: None, object: None };
+            // On a syntax error the iterator would repeat it forever: `?` stops here.
+            let value = Value::deserialize(untyped).map_err(|e| place.error(e))?;
+            let value = match value {
+                Value::Null => continue, // empty document
+                Value::Mapping(_) => value,
+                _ => return Err(place.error("expected a Kubernetes object (a mapping)")),
+            };
+            let header = Header::of(&value);
+            if header.kind.is_empty() {
+                return Err(place.error("missing field `kind`"));
+            }
+            if header.api_version.is_empty() {
+                return Err(place.error("missing field `apiVersion`"));
+            }
+
+            if header.kind == "List" || header.kind.ends_with("List") {
+                let items = match value.get("items") {
+                    Some(Value::Sequence(items)) => items.as_slice(),
+                    Some(Value::Null) | None => &[],
+                    Some(_) => return Err(place.error("items: expected a list of objects")),
+                };
+                let headers: Vec<Header> = items.iter().map(Header::of).collect();
+                let kinds: Vec<Option<ObjKind>> = headers
+                    .iter()
+                    .enumerate()
+                    .map(|(i, h)| self.kind_or_note(h, &Place { item: Some(i), ..place.clone() }))
+                    .collect::<Result<_, _>>()?;
+                let objects = ListSeed(&kinds).deserialize(typed).map_err(|e| {
+                    let message = e.to_string();
+                    let Some((i, message)) = item_of_error(&message) else {
+                        return place.error(message);
+                    };
+                    let object = headers.get(i).zip(kinds.get(i).copied().flatten());
+                    let object = object.map(|(h, k)| object_label(h, k));
+                    Place { item: Some(i), object, ..place.clone() }.error(message)
+                })?;
+                for (i, (object, header)) in objects.into_iter().zip(&headers).enumerate() {
+                    if let Some(object) = object {
+                        self.add_object(object, header, Place { item: Some(i), ..place.clone() })?;
+                    }
+                }
+            } else if let Some(kind) = self.kind_or_note(&header, &place)? {
+                place.object = Some(object_label(&header, kind));
+                let object = deserialize_object(kind, typed).map_err(|e| place.error(e))?;
+                self.add_object(object, &header, place)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The kind polc reads this object as, or `None` (with a note) for kinds it skips.
+    fn kind_or_note(&mut self, header: &Header, place: &Place) -> Result<Option<ObjKind>, Error> {
+        if header.kind.is_empty() || header.api_version.is_empty() {
+            return Err(place.error("missing field `apiVersion` or `kind`"));
+        }
+        let kind = ObjKind::classify(&header.api_version, &header.kind);
+        if kind.is_none() {
+            let mut note = format!("{}: document {}", place.file.display(), place.doc);
+            if let Some(item) = place.item {
+                note.push_str(&format!(" item {item}"));
+            }
+            note.push_str(&format!(
+                ": skipped {} {} {} (not a kind polc reads)",
+                header.api_version,
+                header.kind,
+                header.display_name(header.namespace.is_some())
+            ));
+            self.cluster.notes.push(note);
+        }
+        Ok(kind)
+    }
+
+    fn add_object(&mut self, object: Object, header: &Header, place: Place) -> Result<(), Error> {
+        let kind = ObjKind::classify(&header.api_version, &header.kind);
+        let Some(kind) = kind else { return Ok(()) };
+        let place = Place { object: Some(object_label(header, kind)), ..place };
+        if header.name.is_empty() {
+            return Err(place.error("metadata.name: missing"));
+        }
+        let namespace =
+            kind.namespaced().then(|| header.namespace.clone().unwrap_or("default".into()));
+        let source = Source {
+            file: place.file.to_owned(),
+            doc: place.doc,
+            item: place.item,
+            kind: header.kind.clone(),
+            name: header.display_name(kind.namespaced()),
+        };
+        let key = (kind, namespace.clone(), header.name.clone());
+        if let Some(first) = self.seen.get(&key) {
+            return Err(place.error(format!("duplicate object: already defined in {first}")));
+        }
+        self.seen.insert(key, source.clone());
+
+        let name = header.name.clone();
+        let ns = namespace.clone().unwrap_or_default();
+        let c = &mut self.cluster;
+        match object {
+            Object::Namespace(raw) => c.namespaces.push(Namespace {
+                source,
+                name,
+                labels: raw.metadata.labels.unwrap_or_default(),
+                implicit: false,
+            }),
+            Object::ServiceAccount(raw) => c.service_accounts.push(ServiceAccount {
+                source,
+                namespace: ns,
+                name,
+                labels: raw.metadata.labels.unwrap_or_default(),
+            }),
+            Object::Pod(raw) => add_pod(c, *raw, source, ns, name),
+            Object::K8sPolicy(raw) => {
+                let spec = raw.spec;
+                let policy_types = types(spec.policy_types, &place, "spec.policyTypes")?;
+                c.k8s_policies.push(K8sNetworkPolicy {
+                    source,
+                    namespace: ns,
+                    name,
+                    pod_selector: spec.pod_selector.unwrap_or_default().into_model(),
+                    policy_types,
+                    ingress: (spec.ingress.unwrap_or_default().into_iter())
+                        .map(|r| k8s_rule(r.from, r.ports))
+                        .collect(),
+                    egress: (spec.egress.unwrap_or_default().into_iter())
+                        .map(|r| k8s_rule(r.to, r.ports))
+                        .collect(),
+                });
+            }
+            Object::CalicoPolicy(raw) => {
+                let mut spec = raw.spec;
+                let (selector, namespace_selector, service_account_selector) = spec.selectors();
+                if kind == ObjKind::CalicoPolicy && namespace_selector.is_some() {
+                    return Err(place.error(
+                        "spec.namespaceSelector: only GlobalNetworkPolicy has it (a NetworkPolicy \
+                         applies to its own namespace)",
+                    ));
+                }
+                for field in spec.unsupported() {
+                    c.warnings.push(unsupported(&source, &field));
+                }
+                let mut rules = |list: Option<Vec<CalicoRuleField>>, dir: &str| {
+                    let list = list.unwrap_or_default();
+                    let mut out = Vec::with_capacity(list.len());
+                    for (i, r) in list.into_iter().enumerate() {
+                        for field in &r.unsupported {
+                            c.warnings
+                                .push(unsupported(&source, &format!("spec.{dir}[{i}].{field}")));
+                        }
+                        out.push(r.rule);
+                    }
+                    out
+                };
+                let ingress = rules(spec.ingress.take(), "ingress");
+                let egress = rules(spec.egress.take(), "egress");
+                let types = types(spec.types, &place, "spec.types")?;
+                c.calico_policies.push(CalicoPolicy {
+                    source,
+                    namespace,
+                    name,
+                    tier: spec.tier.filter(|t| !t.is_empty()).unwrap_or("default".into()),
+                    order: spec.order.map(|o| o.0),
+                    selector,
+                    namespace_selector,
+                    service_account_selector,
+                    types,
+                    ingress,
+                    egress,
+                });
+            }
+            Object::Tier(raw) => c.tiers.push(Tier {
+                source,
+                name,
+                order: raw.spec.order.map(|o| o.0),
+                default_action: raw.spec.default_action.map_or(TierDefaultAction::Deny, |a| a.0),
+            }),
+            Object::NetworkSet(raw) => {
+                if is_set(&raw.spec.allowed_egress_domains) {
+                    c.warnings.push(unsupported(&source, "spec.allowedEgressDomains"));
+                }
+                c.network_sets.push(NetworkSet {
+                    source,
+                    namespace,
+                    name,
+                    labels: raw.metadata.labels.unwrap_or_default(),
+                    nets: raw.spec.nets.unwrap_or_default().into_iter().map(|n| n.0).collect(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Cross-object checks and implicit namespaces.
+    fn finish(mut self) -> Result<Cluster, Error> {
+        let c = &mut self.cluster;
+
+        // Every non-default tier a policy names must exist (Calico refuses the policy otherwise).
+        for policy in &c.calico_policies {
+            if policy.tier != "default" && !c.tiers.iter().any(|t| t.name == policy.tier) {
+                return Err(source_error(
+                    &policy.source,
+                    &format!(
+                        "spec.tier: tier {:?} is not defined (no projectcalico.org/v3 Tier)",
+                        policy.tier
+                    ),
+                ));
+            }
+        }
+
+        // A pod IP identifies one endpoint.
+        let mut owners: HashMap<IpAddr, &Pod> = HashMap::new();
+        for pod in &c.pods {
+            for ip in &pod.ips {
+                if let Some(other) = owners.insert(*ip, pod) {
+                    return Err(source_error(
+                        &pod.source,
+                        &format!(
+                            "status.podIPs: IP {ip} is also the IP of pod {}/{} ({})",
+                            other.namespace, other.name, other.source
+                        ),
+                    ));
+                }
+            }
+        }
+
+        // Namespaces: the automatic name label, and implicit ones for objects in undeclared ones.
+        let mut namespaces: BTreeMap<String, Namespace> = BTreeMap::new();
+        for mut ns in c.namespaces.drain(..) {
+            ns.labels.insert(NAMESPACE_NAME_LABEL.into(), ns.name.clone());
+            namespaces.insert(ns.name.clone(), ns);
+        }
+        let users = (c.pods.iter().map(|p| (&p.namespace, &p.source)))
+            .chain(c.service_accounts.iter().map(|s| (&s.namespace, &s.source)))
+            .chain(c.k8s_policies.iter().map(|p| (&p.namespace, &p.source)))
+            .chain(
+                c.calico_policies.iter().filter_map(|p| Some((p.namespace.as_ref()?, &p.source))),
+            )
+            .chain(c.network_sets.iter().filter_map(|s| Some((s.namespace.as_ref()?, &s.source))));
+        for (name, source) in users {
+            if !namespaces.contains_key(name) {
+                c.notes.push(format!(
+                    "namespace {name} is not declared: created implicitly for {source}"
+                ));
+                let labels = Labels::from([(NAMESPACE_NAME_LABEL.to_owned(), name.clone())]);
+                let ns = Namespace {
+                    source: source.clone(),
+                    name: name.clone(),
+                    labels,
+                    implicit: true,
+                };
+                namespaces.insert(name.clone(), ns);
+            }
+        }
+        c.namespaces = namespaces.into_values().collect();
+        Ok(self.cluster)
+    }
+}
+
+impl Clone for Place<'_> {
+    fn clone(&self) -> Self {
+        Place { file: self.file, doc: self.doc, item: self.item, object: self.object.clone() }
+    }
+}
+
+fn object_label(header: &Header, kind: ObjKind) -> (String, String) {
+    (header.kind.clone(), header.display_name(kind.namespaced()))
+}
+
+fn add_pod(c: &mut Cluster, raw: RawPod, source: Source, namespace: String, name: String) {
+    if raw.spec.host_network == Some(true) {
+        c.notes.push(format!("{source}: hostNetwork pod is not a policy endpoint: skipped"));
+        return;
+    }
+    if let Some(phase @ ("Succeeded" | "Failed")) = raw.status.phase.as_deref() {
+        c.notes.push(format!("{source}: pod phase {phase}: not an endpoint any more: skipped"));
+        return;
+    }
+    let mut ips: Vec<IpAddr> = Vec::new();
+    let listed = raw.status.pod_ips.unwrap_or_default().into_iter().map(|p| p.ip.0);
+    for ip in raw.status.pod_ip.and_then(|p| p.0).into_iter().chain(listed) {
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    let ports = (raw.spec.containers.unwrap_or_default().into_iter())
+        .flat_map(|c| c.ports.unwrap_or_default())
+        .map(RawContainerPort::into_model)
+        .collect();
+    c.pods.push(Pod {
+        source,
+        namespace,
+        name,
+        labels: raw.metadata.labels.unwrap_or_default(),
+        service_account: raw
+            .spec
+            .service_account_name
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default".into()),
+        ports,
+        ips,
+    });
+}
+
+/// Validated `policyTypes` / `types`: no duplicates.
+fn types(
+    raw: Option<Vec<PolicyTypeField>>,
+    place: &Place,
+    field: &str,
+) -> Result<Option<Vec<PolicyType>>, Error> {
+    let Some(raw) = raw else { return Ok(None) };
+    let mut out = Vec::new();
+    for t in raw {
+        if out.contains(&t.0) {
+            return Err(place.error(format!("{field}: {:?} is listed twice", t.0)));
+        }
+        out.push(t.0);
+    }
+    Ok(Some(out))
+}
+
+fn unsupported(source: &Source, field: &str) -> String {
+    format!("{source}: {field} is set but polc does not support it: ignored")
+}
+
+/// An error about a whole object, found after loading (no line:column).
+fn source_error(source: &Source, message: &str) -> Error {
+    let mut out = format!("{}: document {}", source.file.display(), source.doc);
+    if let Some(item) = source.item {
+        out.push_str(&format!(" item {item}"));
+    }
+    Error::input(format!("{out} ({} {}): {message}", source.kind, source.name))
+}
