@@ -14,6 +14,7 @@ use polc_ir::{
     proto, Action, Direction, EndMatch, EndpointPolicy, Family, IcmpMatch, Match, PortMatch,
     TierDefault,
 };
+pub use polc_loader::sys::MapKind;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -30,28 +31,6 @@ pub mod map {
     pub const NAMED_PORTS: u32 = 3;
     /// Per-CPU array of hit counters by rule id.
     pub const COUNTERS: u32 = 4;
-}
-
-/// Kinds of maps a generated program uses (BPF_MAP_TYPE_* numbers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MapKind {
-    Hash,
-    Array,
-    PerCpuArray,
-    LpmTrie,
-    ProgArray,
-}
-
-impl MapKind {
-    pub fn bpf_type(self) -> u32 {
-        match self {
-            MapKind::Hash => 1,
-            MapKind::Array => 2,
-            MapKind::ProgArray => 3,
-            MapKind::PerCpuArray => 6,
-            MapKind::LpmTrie => 11,
-        }
-    }
 }
 
 /// A map a generated program refers to, by handle.
@@ -125,7 +104,7 @@ pub fn map_specs(
         },
         MapSpec {
             handle: map::NAMED_PORTS,
-            name: "polc_named_ports".to_string(),
+            name: "polc_namedports".to_string(),
             kind: MapKind::Hash,
             key_size: NAMED_PORT_KEY_SIZE,
             value_size: 4,

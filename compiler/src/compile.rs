@@ -141,7 +141,7 @@ pub fn elf_object(compiled: &Compiled, p: &CompiledProgram) -> Result<Vec<u8>> {
         .iter()
         .map(|m| ElfMap {
             name: m.name.to_lowercase(),
-            map_type: m.kind.bpf_type(),
+            map_type: m.kind.type_id(),
             key_size: m.key_size,
             value_size: m.value_size,
             max_entries: m.max_entries,

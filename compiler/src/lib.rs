@@ -8,6 +8,7 @@ pub mod cfg;
 pub mod codegen;
 pub mod compile;
 pub mod elf;
+pub mod engine;
 pub mod error;
 pub mod explain;
 pub mod frontend;

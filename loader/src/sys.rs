@@ -55,7 +55,8 @@ pub enum MapKind {
 }
 
 impl MapKind {
-    fn type_id(self) -> u32 {
+    /// The `BPF_MAP_TYPE_*` number.
+    pub fn type_id(self) -> u32 {
         match self {
             MapKind::Hash => 1,
             MapKind::Array => 2,

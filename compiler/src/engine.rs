@@ -1,0 +1,198 @@
+//! Running compiled policy programs on a flow, the way the dataplane would: the `kernel`
+//! engine (real verifier, `BPF_PROG_TEST_RUN`) and the `vm` engine (rbpf). Both fill the
+//! per-CPU `FlowState` as the runtime does, run the program, and read back the verdict and
+//! rule id it wrote before tail-calling the epilogue.
+
+use crate::asm::{Insn, Pseudo};
+use crate::codegen::{map, MapKind, MapSpec};
+use crate::compile::{Compiled, CompiledProgram};
+use crate::error::{Error, Result};
+use polc_abi::{self as abi, FlowState};
+use polc_ir::{Direction, Family, Flow, Verdict};
+use polc_loader::sys::{self, Fd, TestRun, UpdateFlags};
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+
+/// What a compiled program decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub rule_id: u32,
+}
+
+/// The `FlowState` the runtime would fill for `flow` seen at an endpoint's `direction` hook.
+pub fn flow_state(flow: &Flow, direction: Direction) -> FlowState {
+    let addr = |a: &IpAddr| {
+        let mut b = [0u8; 16];
+        match a {
+            IpAddr::V4(v) => b[..4].copy_from_slice(&v.octets()),
+            IpAddr::V6(v) => b.copy_from_slice(&v.octets()),
+        }
+        b
+    };
+    FlowState {
+        family: if flow.src.is_ipv4() { abi::family::IPV4 } else { abi::family::IPV6 },
+        protocol: flow.protocol,
+        icmp_type: flow.icmp_type.unwrap_or(0),
+        icmp_code: flow.icmp_code.unwrap_or(0),
+        direction: match direction {
+            Direction::Ingress => abi::direction::INGRESS,
+            Direction::Egress => abi::direction::EGRESS,
+        },
+        src_port: flow.src_port,
+        dst_port: flow.dst_port,
+        src_addr: addr(&flow.src),
+        dst_addr: addr(&flow.dst),
+        verdict: abi::verdict::UNSET,
+        rule_id: abi::RULE_ID_NONE,
+        ..FlowState::default()
+    }
+}
+
+fn outcome(state: &FlowState) -> Result<Outcome> {
+    let verdict = match state.verdict {
+        abi::verdict::ALLOW => Verdict::Allow,
+        abi::verdict::DENY => Verdict::Deny,
+        v => return Err(Error::other(format!("program left verdict {v} (expected 1 or 2)"))),
+    };
+    Ok(Outcome { verdict, rule_id: state.rule_id })
+}
+
+/// Replace each map handle in LD_IMM64 instructions by what `fd_of` returns for it.
+pub fn patch_map_handles(
+    p: &CompiledProgram,
+    mut fd_of: impl FnMut(u32) -> Option<u32>,
+) -> Result<Vec<u8>> {
+    let mut bytes = p.bytes.clone();
+    let mut slot = 0usize;
+    for insn in &p.program.insns {
+        if let Insn::LdImm64 { pseudo: Pseudo::MapFd, imm, .. } = insn {
+            let fd = fd_of(*imm as u32)
+                .ok_or_else(|| Error::other(format!("program uses unknown map handle {imm}")))?;
+            bytes[slot * 8 + 4..slot * 8 + 8].copy_from_slice(&fd.to_le_bytes());
+        }
+        slot += insn.slots();
+    }
+    Ok(bytes)
+}
+
+/// A family's maps created in the kernel and filled with the compile's contents, and every
+/// program of that family loaded against them. Everything is closed when dropped.
+pub struct KernelEngine {
+    maps: Vec<(MapSpec, Fd)>,
+    /// Loaded programs, by index in `Compiled::programs` (None for other families).
+    programs: Vec<Option<Fd>>,
+    _epilogue: Fd,
+}
+
+fn bpf_err(e: sys::BpfError) -> Error {
+    Error::other(e.to_string())
+}
+
+impl KernelEngine {
+    /// Create and fill the maps of `family`, load its programs (verifier errors carry the
+    /// verifier log) and an epilogue that returns TC_ACT_OK.
+    pub fn new(compiled: &Compiled, family: Family) -> Result<KernelEngine> {
+        let mut maps = Vec::new();
+        for spec in compiled.map_specs(family) {
+            let fd = sys::map_create(&sys::MapSpec {
+                kind: spec.kind,
+                name: &spec.name,
+                key_size: spec.key_size,
+                value_size: spec.value_size,
+                max_entries: spec.max_entries,
+            })
+            .map_err(bpf_err)?;
+            maps.push((spec, fd));
+        }
+        let fd_of = |h: u32| maps.iter().find(|(s, _)| s.handle == h).map(|(_, fd)| fd);
+        let ipsets = fd_of(map::IPSETS).ok_or_else(|| Error::other("no IP-set map"))?;
+        for (k, v) in compiled.ipset_entries.get(&family.number()).into_iter().flatten() {
+            sys::map_update(ipsets.as_fd(), k, v, UpdateFlags::Any).map_err(bpf_err)?;
+        }
+        let named = fd_of(map::NAMED_PORTS).ok_or_else(|| Error::other("no named-port map"))?;
+        for (k, v) in &compiled.named_port_entries {
+            sys::map_update(named.as_fd(), k, v, UpdateFlags::Any).map_err(bpf_err)?;
+        }
+        let epilogue = sys::prog_load(
+            "polc_epilogue",
+            &crate::asm::encode_program(&[Insn::mov64(crate::asm::Reg::R0, 0), Insn::exit()])
+                .map_err(Error::other)?,
+        )
+        .map_err(bpf_err)?;
+        let jump = fd_of(map::JUMP).ok_or_else(|| Error::other("no prog array"))?;
+        sys::prog_array_set(jump.as_fd(), abi::SLOT_EPILOGUE, epilogue.as_fd()).map_err(bpf_err)?;
+
+        let mut programs = Vec::new();
+        for p in &compiled.programs {
+            if p.family != family {
+                programs.push(None);
+                continue;
+            }
+            let bytes = patch_map_handles(p, |h| fd_of(h).map(|fd| fd.raw() as u32))?;
+            let fd = sys::prog_load("polc_policy", &bytes).map_err(|e| {
+                Error::other(format!(
+                    "{} {} IPv{}: {e}",
+                    p.endpoints.join(","),
+                    p.direction.as_str(),
+                    p.family.number()
+                ))
+            })?;
+            programs.push(Some(fd));
+        }
+        Ok(KernelEngine { maps, programs, _epilogue: epilogue })
+    }
+
+    fn map(&self, handle: u32) -> Result<&Fd> {
+        self.maps
+            .iter()
+            .find(|(s, _)| s.handle == handle)
+            .map(|(_, fd)| fd)
+            .ok_or_else(|| Error::other(format!("no map {handle}")))
+    }
+
+    /// Run program `index` of the compile on `flow` (seen at that program's direction).
+    pub fn run(&self, compiled: &Compiled, index: usize, flow: &Flow) -> Result<Outcome> {
+        let p = compiled.programs.get(index).ok_or_else(|| Error::other("no such program"))?;
+        let prog = self
+            .programs
+            .get(index)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| Error::other("program not loaded for this family"))?;
+        let state_map = self.map(map::STATE)?;
+        let cpus = sys::possible_cpus().map_err(bpf_err)?;
+        let one = flow_state(flow, p.direction).to_bytes();
+        let all: Vec<u8> = one.iter().copied().cycle().take(one.len() * cpus).collect();
+        let key = abi::STATE_KEY.to_ne_bytes();
+        sys::map_update(state_map.as_fd(), &key, &all, UpdateFlags::Any).map_err(bpf_err)?;
+        let packet = [0u8; 64];
+        let out =
+            sys::prog_test_run(prog.as_fd(), &TestRun { data: &packet, ctx: None, repeat: 1 })
+                .map_err(bpf_err)?;
+        if out.retval != abi::TC_ACT_OK as u32 {
+            return Err(Error::other(format!(
+                "program returned {} instead of tail-calling the epilogue",
+                out.retval
+            )));
+        }
+        let values = sys::map_lookup_percpu(state_map.as_fd(), &key)
+            .map_err(bpf_err)?
+            .ok_or_else(|| Error::other("flow state entry missing"))?;
+        // The run happened on one CPU: the one whose state now carries a verdict.
+        let decided: Vec<FlowState> = values
+            .iter()
+            .filter_map(|v| <&[u8; abi::FLOW_STATE_SIZE]>::try_from(v.as_slice()).ok())
+            .map(FlowState::from_bytes)
+            .filter(|s| s.verdict != abi::verdict::UNSET)
+            .collect();
+        match decided.as_slice() {
+            [one] => outcome(one),
+            other => Err(Error::other(format!("{} CPUs carry a verdict, expected 1", other.len()))),
+        }
+    }
+
+    /// Program ids/kinds for inspection.
+    pub fn map_kinds(&self) -> Vec<MapKind> {
+        self.maps.iter().map(|(s, _)| s.kind).collect()
+    }
+}
