@@ -1,6 +1,47 @@
-//! `polc explain`: the verdict for one flow, with a trace per direction.
+//! `polc explain`: the verdict for one flow between two parties (pods or addresses), with a
+//! trace per direction: egress of the source pod AND ingress of the destination pod.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use polc_ir::{evaluate, proto, Decision, Direction, Family, Flow, TraceStep, Verdict};
+use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
+use crate::frontend::{Cluster, Pod};
+use crate::lower::{lower_endpoint, SetTable};
+use crate::resolve::Resolver;
+
+/// Source port used when `--src-port` is not given: the first IANA ephemeral port.
+pub const DEFAULT_SRC_PORT: u16 = 49152;
+
+/// Which implementation decides the flow.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// The reference evaluator over the IR.
+    Ir,
+    /// The compiled bytecode under rbpf.
+    Vm,
+    /// The compiled bytecode in the kernel (BPF_PROG_TEST_RUN).
+    Kernel,
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Ir => "ir",
+            Engine::Vm => "vm",
+            Engine::Kernel => "kernel",
+        }
+    }
+}
+
+/// Output format.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
 
 /// Flags of `polc explain` (docs/cli.md).
 #[derive(clap::Args, Debug)]
@@ -8,8 +49,344 @@ pub struct ExplainArgs {
     /// Policy/cluster YAML: a file or directory (recursive); repeatable.
     #[arg(short = 'f', long = "filename", required = true)]
     pub files: Vec<std::path::PathBuf>,
+    /// Source: `namespace/pod` or an IP address (a pod's IP means that pod).
+    #[arg(long)]
+    pub from: String,
+    /// Destination: `namespace/pod` or an IP address.
+    #[arg(long)]
+    pub to: String,
+    /// tcp, udp, sctp, udplite, icmp, icmpv6 or a protocol number 0-255.
+    #[arg(long)]
+    pub protocol: String,
+    /// Destination port (required for tcp/udp/sctp/udplite, refused otherwise).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Source port (port protocols only; default 49152).
+    #[arg(long)]
+    pub src_port: Option<u16>,
+    /// ICMP type (icmp/icmpv6 only; default echo request: 8, or 128 for icmpv6).
+    #[arg(long)]
+    pub icmp_type: Option<u8>,
+    /// ICMP code (icmp/icmpv6 only; default 0).
+    #[arg(long)]
+    pub icmp_code: Option<u8>,
+    #[arg(long, value_enum, default_value = "ir")]
+    pub engine: Engine,
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
 }
 
-pub fn run(_args: &ExplainArgs) -> Result<()> {
-    Err(Error::other("explain is not implemented yet"))
+/// What to explain, before it is resolved against a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    pub from: String,
+    pub to: String,
+    /// As typed: `tcp`, `icmpv6`, `47`, ...
+    pub protocol: String,
+    pub port: Option<u16>,
+    pub src_port: Option<u16>,
+    pub icmp_type: Option<u8>,
+    pub icmp_code: Option<u8>,
+}
+
+impl Query {
+    pub fn from_args(a: &ExplainArgs) -> Query {
+        Query {
+            from: a.from.clone(),
+            to: a.to.clone(),
+            protocol: a.protocol.clone(),
+            port: a.port,
+            src_port: a.src_port,
+            icmp_type: a.icmp_type,
+            icmp_code: a.icmp_code,
+        }
+    }
+}
+
+/// One end of the flow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Party {
+    /// `namespace/pod` when the address is an endpoint.
+    pub endpoint: Option<String>,
+    pub ip: IpAddr,
+}
+
+/// The decision of one endpoint in one direction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectionResult {
+    pub endpoint: String,
+    pub decision: Decision,
+}
+
+/// The answer to a query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    pub engine: Engine,
+    pub flow: Flow,
+    pub from: Party,
+    pub to: Party,
+    /// Egress of the source, if it is a pod.
+    pub egress: Option<DirectionResult>,
+    /// Ingress of the destination, if it is a pod.
+    pub ingress: Option<DirectionResult>,
+    /// Allow iff every present direction allows.
+    pub verdict: Verdict,
+}
+
+/// `polc explain`.
+pub fn run(args: &ExplainArgs) -> Result<()> {
+    let cluster = crate::frontend::load(&args.files)?;
+    let ex = explain(&cluster, &Query::from_args(args), args.engine)?;
+    match args.output {
+        Output::Text => print!("{ex}"),
+        Output::Json => println!("{}", ex.to_json()),
+    }
+    Ok(())
+}
+
+/// Resolves the query against the cluster and decides it with `engine`.
+pub fn explain(cluster: &Cluster, query: &Query, engine: Engine) -> Result<Explanation> {
+    let resolver = Resolver::new(cluster);
+    let protocol = parse_protocol(&query.protocol)?;
+    let from = resolve_party(&resolver, &query.from, "--from")?;
+    let to = resolve_party(&resolver, &query.to, "--to")?;
+    let (src, dst) = pick_addresses(&from, &to, &query.from, &query.to)?;
+    let flow = build_flow(query, protocol, src, dst)?;
+    if engine != Engine::Ir {
+        return Err(Error::other(format!(
+            "engine {} is not implemented yet (use --engine ir)",
+            engine.as_str()
+        )));
+    }
+    let mut sets = SetTable::default();
+    let mut decide = |pod: &Pod, dir: Direction| {
+        let policy = lower_endpoint(&resolver, &mut sets, pod, dir);
+        DirectionResult { endpoint: policy.endpoint.clone(), decision: evaluate(&policy, &flow) }
+    };
+    let egress = from.pod.map(|p| decide(p, Direction::Egress));
+    let ingress = to.pod.map(|p| decide(p, Direction::Ingress));
+    let allowed = [&egress, &ingress]
+        .iter()
+        .all(|d| d.as_ref().is_none_or(|r| r.decision.verdict == Verdict::Allow));
+    Ok(Explanation {
+        engine,
+        flow,
+        from: Party { endpoint: from.pod.map(pod_name), ip: src },
+        to: Party { endpoint: to.pod.map(pod_name), ip: dst },
+        egress,
+        ingress,
+        verdict: if allowed { Verdict::Allow } else { Verdict::Deny },
+    })
+}
+
+fn pod_name(p: &Pod) -> String {
+    format!("{}/{}", p.namespace, p.name)
+}
+
+/// `tcp`, `udp`, `sctp`, `udplite`, `icmp`, `icmpv6` (any case) or a number 0-255.
+pub fn parse_protocol(s: &str) -> Result<u8> {
+    let p = match s.to_ascii_lowercase().as_str() {
+        "tcp" => proto::TCP,
+        "udp" => proto::UDP,
+        "sctp" => proto::SCTP,
+        "udplite" => proto::UDPLITE,
+        "icmp" => proto::ICMP,
+        "icmpv6" => proto::ICMPV6,
+        other => other.parse::<u8>().map_err(|_| {
+            Error::input(format!(
+                "--protocol {s:?}: expected tcp, udp, sctp, udplite, icmp, icmpv6 or 0-255"
+            ))
+        })?,
+    };
+    Ok(p)
+}
+
+/// A resolved `--from`/`--to`: the pod (if any) and the candidate addresses.
+struct Resolved<'a> {
+    pod: Option<&'a Pod>,
+    ips: Vec<IpAddr>,
+}
+
+fn resolve_party<'a>(r: &Resolver<'a>, text: &str, flag: &str) -> Result<Resolved<'a>> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        let pod = r.endpoints().iter().copied().find(|p| p.ips.contains(&ip));
+        return Ok(Resolved { pod, ips: vec![ip] });
+    }
+    let Some((ns, name)) = text.split_once('/') else {
+        return Err(Error::input(format!(
+            "{flag} {text:?}: expected namespace/pod or an IP address"
+        )));
+    };
+    let Some(pod) = r.cluster.pods.iter().find(|p| p.namespace == ns && p.name == name) else {
+        return Err(Error::input(format!("{flag} {text:?}: unknown pod")));
+    };
+    if pod.ips.is_empty() {
+        return Err(Error::input(format!("{flag} {text:?}: pod has no IP address (status.podIP)")));
+    }
+    Ok(Resolved { pod: Some(pod), ips: pod.ips.clone() })
+}
+
+/// The first family (IPv4, then IPv6) both parties have an address in.
+fn pick_addresses(
+    from: &Resolved<'_>,
+    to: &Resolved<'_>,
+    from_text: &str,
+    to_text: &str,
+) -> Result<(IpAddr, IpAddr)> {
+    for fam in [Family::V4, Family::V6] {
+        let a = from.ips.iter().find(|ip| Family::of(ip) == fam);
+        let b = to.ips.iter().find(|ip| Family::of(ip) == fam);
+        if let (Some(a), Some(b)) = (a, b) {
+            return Ok((*a, *b));
+        }
+    }
+    Err(Error::input(format!("{from_text} and {to_text} have no IP family in common")))
+}
+
+fn build_flow(q: &Query, protocol: u8, src: IpAddr, dst: IpAddr) -> Result<Flow> {
+    let pname = proto::name(protocol);
+    if proto::has_ports(protocol) {
+        if q.icmp_type.is_some() || q.icmp_code.is_some() {
+            return Err(Error::input(format!(
+                "--icmp-type/--icmp-code need icmp or icmpv6, not {pname}"
+            )));
+        }
+        let Some(port) = q.port else {
+            return Err(Error::input(format!("--port is required for {pname}")));
+        };
+        let sport = q.src_port.unwrap_or(DEFAULT_SRC_PORT);
+        return Ok(Flow::ports(src, dst, protocol, sport, port));
+    }
+    if q.port.is_some() || q.src_port.is_some() {
+        return Err(Error::input(format!("--port/--src-port need a port protocol, not {pname}")));
+    }
+    let is_v6 = src.is_ipv6();
+    match protocol {
+        proto::ICMP | proto::ICMPV6 => {
+            if (protocol == proto::ICMP) == is_v6 {
+                let want = if is_v6 { "icmpv6" } else { "icmp" };
+                return Err(Error::input(format!(
+                    "{pname} does not fit the addresses: use {want}"
+                )));
+            }
+            if q.icmp_code.is_some() && q.icmp_type.is_none() {
+                return Err(Error::input("--icmp-code needs --icmp-type"));
+            }
+            let default_type = if is_v6 { 128 } else { 8 };
+            let t = q.icmp_type.unwrap_or(default_type);
+            let mut flow = Flow::icmp(src, dst, t, q.icmp_code.unwrap_or(0));
+            flow.protocol = protocol;
+            Ok(flow)
+        }
+        _ => {
+            if q.icmp_type.is_some() || q.icmp_code.is_some() {
+                return Err(Error::input(format!(
+                    "--icmp-type/--icmp-code need icmp or icmpv6, not {pname}"
+                )));
+            }
+            Ok(Flow {
+                src,
+                dst,
+                protocol,
+                src_port: 0,
+                dst_port: 0,
+                icmp_type: None,
+                icmp_code: None,
+            })
+        }
+    }
+}
+
+fn step_json(step: &TraceStep) -> Value {
+    let hit = |kind: &str, h: &polc_ir::RuleHit| {
+        json!({
+            "step": kind,
+            "action": h.action.as_str(),
+            "tier": h.tier,
+            "policy": h.policy,
+            "kind": h.kind,
+            "file": h.file,
+            "doc": h.doc,
+            "item": h.item,
+            "rule_index": h.rule_index,
+        })
+    };
+    match step {
+        TraceStep::Log(h) => hit("log", h),
+        TraceStep::Pass(h) => hit("pass", h),
+        TraceStep::Rule(h) => hit("rule", h),
+        TraceStep::TierDefault { tier, action } => {
+            json!({"step": "tier_default", "tier": tier, "action": action.as_str()})
+        }
+        TraceStep::NoPolicy => json!({"step": "no_policy", "action": "allow"}),
+        TraceStep::ProfileAfterPass => json!({"step": "profile_after_pass", "action": "allow"}),
+    }
+}
+
+fn direction_json(d: &Option<DirectionResult>) -> Value {
+    match d {
+        None => Value::Null,
+        Some(r) => json!({
+            "endpoint": r.endpoint,
+            "verdict": r.decision.verdict.as_str(),
+            // The last step is the one that decided.
+            "decided_by": r.decision.trace.last().map(step_json),
+            "trace": r.decision.trace.iter().map(step_json).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+impl Explanation {
+    /// `{"verdict", "engine", "flow", "from", "to", "egress", "ingress"}`.
+    pub fn to_json(&self) -> Value {
+        let party = |p: &Party| json!({"endpoint": p.endpoint, "ip": p.ip.to_string()});
+        let f = &self.flow;
+        let ports = proto::has_ports(f.protocol);
+        json!({
+            "verdict": self.verdict.as_str(),
+            "engine": self.engine.as_str(),
+            "flow": {
+                "src": f.src.to_string(),
+                "dst": f.dst.to_string(),
+                "protocol": proto::name(f.protocol),
+                "protocol_number": f.protocol,
+                "src_port": if ports { Some(f.src_port) } else { None },
+                "dst_port": if ports { Some(f.dst_port) } else { None },
+                "icmp_type": f.icmp_type,
+                "icmp_code": f.icmp_code,
+            },
+            "from": party(&self.from),
+            "to": party(&self.to),
+            "egress": direction_json(&self.egress),
+            "ingress": direction_json(&self.ingress),
+        })
+    }
+}
+
+impl fmt::Display for Explanation {
+    /// A human trace: the verdict and flow, then each direction's steps.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "verdict: {}", self.verdict.as_str())?;
+        writeln!(f, "flow: {}", self.flow)?;
+        let sides =
+            [("egress of", &self.from, &self.egress), ("ingress of", &self.to, &self.ingress)];
+        for (label, party, result) in sides {
+            match result {
+                Some(r) => {
+                    writeln!(
+                        f,
+                        "{label} {} ({}): {}",
+                        r.endpoint,
+                        party.ip,
+                        r.decision.verdict.as_str()
+                    )?;
+                    for step in &r.decision.trace {
+                        writeln!(f, "  {step}")?;
+                    }
+                }
+                None => writeln!(f, "{label} {}: not an endpoint, no policy", party.ip)?,
+            }
+        }
+        Ok(())
+    }
 }

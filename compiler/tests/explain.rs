@@ -1,0 +1,232 @@
+//! `polc explain` through the built binary: JSON shape, text trace, exit codes, one-line errors.
+
+use std::process::{Command, Output};
+
+const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/demo");
+const FRONTEND: &str = "shop/frontend-7d9f8b6c5d-x2k4q";
+const CART: &str = "shop/cart-5c6b9d7f4-8hj2m";
+
+fn polc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_polc"))
+        .arg("explain")
+        .args(["-f", DEMO])
+        .args(args)
+        .output()
+        .expect("run polc")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(o)))
+}
+
+/// Demo: shop/cart takes TCP 9090 from the frontend (k8s allow-cart-from-frontend), after the
+/// security tier passes it.
+#[test]
+fn allow_json_has_verdict_and_both_traces() {
+    let o = polc(&[
+        "--from",
+        FRONTEND,
+        "--to",
+        CART,
+        "--protocol",
+        "tcp",
+        "--port",
+        "9090",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["verdict"], "allow");
+    assert_eq!(v["engine"], "ir");
+    assert_eq!(v["flow"]["protocol"], "tcp");
+    assert_eq!(v["flow"]["dst_port"], 9090);
+    assert_eq!(v["from"]["endpoint"], FRONTEND);
+    assert_eq!(v["to"]["ip"], "10.244.1.11");
+    // Egress of the frontend: the security tier passes, nothing else selects it -> profile.
+    let eg = &v["egress"];
+    assert_eq!(eg["verdict"], "allow");
+    assert_eq!(eg["trace"][0]["step"], "pass");
+    assert_eq!(eg["trace"][0]["tier"], "security");
+    assert_eq!(eg["trace"][0]["policy"], "security.block-known-bad");
+    assert_eq!(eg["decided_by"]["step"], "profile_after_pass");
+    // Ingress of the cart: pass, then the k8s rule 0 allows.
+    let ing = &v["ingress"];
+    assert_eq!(ing["verdict"], "allow");
+    assert_eq!(ing["decided_by"]["step"], "rule");
+    assert_eq!(ing["decided_by"]["tier"], "default");
+    assert_eq!(ing["decided_by"]["policy"], "shop/allow-cart-from-frontend");
+    assert_eq!(ing["decided_by"]["rule_index"], 0);
+    assert_eq!(ing["decided_by"]["action"], "allow");
+    assert_eq!(ing["decided_by"]["kind"], "k8s/NetworkPolicy");
+    assert!(ing["decided_by"]["file"].as_str().is_some_and(|f| f.ends_with("k8s/shop.yaml")));
+}
+
+#[test]
+fn deny_exits_zero_and_names_the_tier_default() {
+    let o = polc(&[
+        "--from",
+        FRONTEND,
+        "--to",
+        CART,
+        "--protocol",
+        "tcp",
+        "--port",
+        "8080",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["verdict"], "deny");
+    assert_eq!(v["ingress"]["decided_by"]["step"], "tier_default");
+    assert_eq!(v["ingress"]["decided_by"]["tier"], "default");
+    assert_eq!(v["ingress"]["decided_by"]["action"], "deny");
+}
+
+/// An outside address is not a pod: its side is null, only the pod's side decides.
+#[test]
+fn external_source_has_null_egress() {
+    // 203.0.113.7 is in the threat-feed GlobalNetworkSet: the security tier denies it.
+    let o = polc(&[
+        "--from",
+        "203.0.113.7",
+        "--to",
+        FRONTEND,
+        "--protocol",
+        "tcp",
+        "--port",
+        "8080",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let v = json(&o);
+    assert!(v["egress"].is_null());
+    assert!(v["from"]["endpoint"].is_null());
+    assert_eq!(v["verdict"], "deny");
+    assert_eq!(v["ingress"]["decided_by"]["step"], "rule");
+    assert_eq!(v["ingress"]["decided_by"]["tier"], "security");
+    assert_eq!(v["ingress"]["decided_by"]["rule_index"], 0);
+}
+
+/// A pod's IP means the pod.
+#[test]
+fn pod_ip_means_the_pod() {
+    let o = polc(&[
+        "--from",
+        "10.244.1.10",
+        "--to",
+        "10.244.1.11",
+        "--protocol",
+        "tcp",
+        "--port",
+        "9090",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["from"]["endpoint"], FRONTEND);
+    assert_eq!(v["to"]["endpoint"], CART);
+    assert_eq!(v["verdict"], "allow");
+}
+
+#[test]
+fn text_output_is_a_readable_trace() {
+    let o = polc(&["--from", FRONTEND, "--to", CART, "--protocol", "tcp", "--port", "9090"]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let text = stdout(&o).replace(concat!(env!("CARGO_MANIFEST_DIR"), "/../"), "");
+    insta::with_settings!({
+        snapshot_path => concat!(env!("CARGO_MANIFEST_DIR"), "/../snapshots"),
+        prepend_module_to_snapshot => false,
+    }, {
+        insta::assert_snapshot!("explain_text_allow", text);
+    });
+}
+
+fn assert_input_error(args: &[&str], needle: &str) {
+    let o = polc(args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "args {args:?}: stderr {err}");
+    assert!(o.stdout.is_empty(), "args {args:?}: stdout {}", stdout(&o));
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.contains(needle), "args {args:?}: {err:?} should mention {needle:?}");
+}
+
+#[test]
+fn bad_input_exits_two_with_one_line() {
+    assert_input_error(
+        &["--from", "shop/nope", "--to", CART, "--protocol", "tcp", "--port", "1"],
+        "unknown pod",
+    );
+    assert_input_error(
+        &["--from", "10.0.0.300", "--to", CART, "--protocol", "tcp", "--port", "1"],
+        "expected namespace/pod or an IP",
+    );
+    assert_input_error(
+        &["--from", FRONTEND, "--to", CART, "--protocol", "icmp", "--port", "80"],
+        "--port",
+    );
+    assert_input_error(
+        &["--from", FRONTEND, "--to", CART, "--protocol", "tcp"],
+        "--port is required",
+    );
+    assert_input_error(
+        &["--from", FRONTEND, "--to", CART, "--protocol", "tcp", "--port", "1", "--icmp-type", "8"],
+        "--icmp-type",
+    );
+    assert_input_error(&["--from", FRONTEND, "--to", CART, "--protocol", "bogus"], "--protocol");
+    assert_input_error(
+        &["--from", FRONTEND, "--to", "fd00::1", "--protocol", "tcp", "--port", "1"],
+        "no IP family in common",
+    );
+    assert_input_error(&["--from", FRONTEND, "--to", CART, "--protocol", "icmpv6"], "use icmp");
+}
+
+#[test]
+fn vm_and_kernel_engines_are_not_implemented_yet() {
+    for engine in ["vm", "kernel"] {
+        let o = polc(&[
+            "--from",
+            FRONTEND,
+            "--to",
+            CART,
+            "--protocol",
+            "tcp",
+            "--port",
+            "9090",
+            "--engine",
+            engine,
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{engine}: {}", stderr(&o));
+        assert!(stderr(&o).contains("not implemented yet"), "{engine}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn icmp_defaults_to_echo_request() {
+    let o = polc(&[
+        "--from",
+        FRONTEND,
+        "--to",
+        "payments/payments-api-84c5d6b7f-tt5zl",
+        "--protocol",
+        "icmp",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["flow"]["icmp_type"], 8);
+    assert_eq!(v["flow"]["icmp_code"], 0);
+    assert!(v["flow"]["dst_port"].is_null());
+}
