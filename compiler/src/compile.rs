@@ -45,6 +45,9 @@ pub struct CompiledProgram {
     pub worst_case: WorstCase,
 }
 
+/// Map contents for the loader: (key, value) pairs.
+pub type MapEntries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Everything a compile produces.
 #[derive(Debug, Clone)]
 pub struct Compiled {
@@ -52,8 +55,8 @@ pub struct Compiled {
     pub programs: Vec<CompiledProgram>,
     pub rules: RuleTable,
     /// Per family: LPM IP-set entries (key, value) for the loader.
-    pub ipset_entries: BTreeMap<u8, Vec<(Vec<u8>, Vec<u8>)>>,
-    pub named_port_entries: Vec<(Vec<u8>, Vec<u8>)>,
+    pub ipset_entries: BTreeMap<u8, MapEntries>,
+    pub named_port_entries: MapEntries,
 }
 
 impl Compiled {
