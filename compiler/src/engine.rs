@@ -4,11 +4,12 @@
 //! rule id it wrote before tail-calling the epilogue.
 
 use crate::asm::{Insn, Pseudo};
+use crate::codegen::RuleKey;
 use crate::codegen::{map, MapKind, MapSpec};
 use crate::compile::{Compiled, CompiledProgram};
 use crate::error::{Error, Result};
 use polc_abi::{self as abi, FlowState};
-use polc_ir::{Direction, Family, Flow, Verdict};
+use polc_ir::{Direction, Family, Flow, TraceStep, Verdict};
 use polc_loader::sys::{self, Fd, TestRun, UpdateFlags};
 use std::net::IpAddr;
 use std::os::fd::AsFd;
@@ -195,4 +196,131 @@ impl KernelEngine {
     pub fn map_kinds(&self) -> Vec<MapKind> {
         self.maps.iter().map(|(s, _)| s.kind).collect()
     }
+}
+
+/// The decision of the compiled program of `endpoint` x `direction` for `flow`, run by
+/// `engine` (kernel or vm), with the trace the program can show: its deciding step (rule,
+/// tier default or profile). Log and Pass steps leave no trace in the program's output.
+pub fn explain_compiled(
+    compiled: &Compiled,
+    endpoint: &str,
+    direction: Direction,
+    flow: &Flow,
+    engine: crate::explain::Engine,
+) -> Result<crate::explain::DirectionResult> {
+    let family = Family::of(&flow.src);
+    let index = compiled
+        .programs
+        .iter()
+        .position(|p| {
+            p.direction == direction
+                && p.family == family
+                && p.endpoints.iter().any(|e| e == endpoint)
+        })
+        .ok_or_else(|| {
+            Error::other(format!(
+                "no IPv{} {} program for {endpoint}",
+                family.number(),
+                direction.as_str()
+            ))
+        })?;
+    let outcome = match engine {
+        crate::explain::Engine::Kernel => {
+            KernelEngine::new(compiled, family)?.run(compiled, index, flow)?
+        }
+        crate::explain::Engine::Vm => crate::engine::vm_run(compiled, index, flow)?,
+        crate::explain::Engine::Ir => {
+            return Err(Error::other("the ir engine does not run compiled programs"))
+        }
+    };
+    let ep = compiled
+        .ir
+        .endpoint(endpoint, direction)
+        .ok_or_else(|| Error::other(format!("{endpoint}: no IR")))?;
+    let step = match compiled.rules.key(outcome.rule_id) {
+        Some(RuleKey::Rule { tier, policy, kind, index, .. }) => {
+            let pol = ep
+                .tiers
+                .iter()
+                .filter(|t| &t.name == tier)
+                .flat_map(|t| &t.policies)
+                .find(|p| &p.source.qualified_name() == policy && &p.source.kind == kind);
+            let rule = pol.and_then(|p| p.rules.iter().find(|r| r.index == *index));
+            let hit = polc_ir::RuleHit {
+                tier: tier.clone(),
+                policy: policy.clone(),
+                kind: kind.clone(),
+                file: pol.map(|p| p.source.file.clone()).unwrap_or_default(),
+                doc: pol.map_or(0, |p| p.source.doc),
+                item: pol.and_then(|p| p.source.item),
+                rule_index: *index,
+                action: rule.map_or(polc_ir::Action::Deny, |r| r.action),
+            };
+            TraceStep::Rule(hit)
+        }
+        Some(RuleKey::TierDefault { tier, .. }) => {
+            TraceStep::TierDefault { tier: tier.clone(), action: polc_ir::TierDefault::Deny }
+        }
+        Some(RuleKey::Profile { passed: false, .. }) => TraceStep::NoPolicy,
+        Some(RuleKey::Profile { passed: true, .. }) => TraceStep::ProfileAfterPass,
+        None => {
+            return Err(Error::other(format!(
+                "program reported unknown rule id {}",
+                outcome.rule_id
+            )))
+        }
+    };
+    Ok(crate::explain::DirectionResult {
+        endpoint: endpoint.to_string(),
+        decision: polc_ir::Decision { verdict: outcome.verdict, trace: vec![step] },
+    })
+}
+
+/// Run program `index` of the compile on `flow` under rbpf (the `vm` engine), with the maps
+/// filled as the loader would and the state as the runtime would.
+pub fn vm_run(compiled: &Compiled, index: usize, flow: &Flow) -> Result<Outcome> {
+    use crate::vm::{self, Exit, MapDef, Maps, VmInput};
+    let p = compiled.programs.get(index).ok_or_else(|| Error::other("no such program"))?;
+    let vm_err = |e: &dyn std::fmt::Display| Error::other(format!("vm: {e}"));
+    let mut maps = Maps::new();
+    for spec in compiled.map_specs(p.family) {
+        let kind = match spec.kind {
+            MapKind::Hash => vm::MapKind::Hash,
+            MapKind::Array => vm::MapKind::Array,
+            MapKind::PerCpuArray => vm::MapKind::PerCpuArray,
+            MapKind::LpmTrie => vm::MapKind::LpmTrie,
+            MapKind::ProgArray => vm::MapKind::ProgArray,
+        };
+        let def = MapDef {
+            name: spec.name.clone(),
+            kind,
+            key_size: spec.key_size,
+            value_size: spec.value_size,
+            max_entries: spec.max_entries,
+        };
+        maps.add(spec.handle, def).map_err(|e| vm_err(&e))?;
+    }
+    for (k, v) in compiled.ipset_entries.get(&p.family.number()).into_iter().flatten() {
+        maps.update(map::IPSETS, k, v).map_err(|e| vm_err(&e))?;
+    }
+    for (k, v) in &compiled.named_port_entries {
+        maps.update(map::NAMED_PORTS, k, v).map_err(|e| vm_err(&e))?;
+    }
+    // The epilogue is "program 1" in the prog array: a tail call to it ends the run.
+    maps.update(map::JUMP, &abi::SLOT_EPILOGUE.to_ne_bytes(), &1u32.to_ne_bytes())
+        .map_err(|e| vm_err(&e))?;
+    let key = abi::STATE_KEY.to_ne_bytes();
+    maps.update(map::STATE, &key, &flow_state(flow, p.direction).to_bytes())
+        .map_err(|e| vm_err(&e))?;
+    let out = vm::run(VmInput::new(&p.bytes), maps).map_err(|e| vm_err(&e))?;
+    match out.exit {
+        Exit::TailCall { index, .. } if index == abi::SLOT_EPILOGUE => {}
+        other => {
+            return Err(Error::other(format!("vm: program ended with {other:?}, not the epilogue")))
+        }
+    }
+    let bytes = out.maps.lookup(map::STATE, &key).ok_or_else(|| Error::other("vm: no state"))?;
+    let state = <&[u8; abi::FLOW_STATE_SIZE]>::try_from(bytes.as_slice())
+        .map_err(|_| Error::other("vm: state has the wrong size"))?;
+    outcome(&FlowState::from_bytes(state))
 }

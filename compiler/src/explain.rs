@@ -152,19 +152,32 @@ pub fn explain(cluster: &Cluster, query: &Query, engine: Engine) -> Result<Expla
     let to = resolve_party(&resolver, &query.to, "--to")?;
     let (src, dst) = pick_addresses(&from, &to, &query.from, &query.to)?;
     let flow = build_flow(query, protocol, src, dst)?;
-    if engine != Engine::Ir {
-        return Err(Error::other(format!(
-            "engine {} is not implemented yet (use --engine ir)",
-            engine.as_str()
-        )));
-    }
-    let mut sets = SetTable::default();
-    let mut decide = |pod: &Pod, dir: Direction| {
-        let policy = lower_endpoint(&resolver, &mut sets, pod, dir);
-        DirectionResult { endpoint: policy.endpoint.clone(), decision: evaluate(&policy, &flow) }
+    let (egress, ingress) = match engine {
+        Engine::Ir => {
+            let mut sets = SetTable::default();
+            let mut decide = |pod: &Pod, dir: Direction| {
+                let policy = lower_endpoint(&resolver, &mut sets, pod, dir);
+                DirectionResult {
+                    endpoint: policy.endpoint.clone(),
+                    decision: evaluate(&policy, &flow),
+                }
+            };
+            (
+                from.pod.map(|p| decide(p, Direction::Egress)),
+                to.pod.map(|p| decide(p, Direction::Ingress)),
+            )
+        }
+        Engine::Kernel | Engine::Vm => {
+            let compiled = crate::compile::compile_ir(crate::lower::lower(cluster))?;
+            let decide = |pod: &Pod, dir: Direction| -> Result<DirectionResult> {
+                crate::engine::explain_compiled(&compiled, &pod_name(pod), dir, &flow, engine)
+            };
+            (
+                from.pod.map(|p| decide(p, Direction::Egress)).transpose()?,
+                to.pod.map(|p| decide(p, Direction::Ingress)).transpose()?,
+            )
+        }
     };
-    let egress = from.pod.map(|p| decide(p, Direction::Egress));
-    let ingress = to.pod.map(|p| decide(p, Direction::Ingress));
     let allowed = [&egress, &ingress]
         .iter()
         .all(|d| d.as_ref().is_none_or(|r| r.decision.verdict == Verdict::Allow));

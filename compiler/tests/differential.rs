@@ -1,6 +1,6 @@
 //! Differential tests: every compiled program, run in the kernel (real verifier,
-//! BPF_PROG_TEST_RUN) on many flows, must reach the reference evaluator's verdict AND the
-//! same deciding rule (or default). Inputs: testdata/demo and every file in testdata/cases.
+//! BPF_PROG_TEST_RUN) and under rbpf (the vm engine) on many flows, must reach the reference
+//! evaluator's verdict AND the same deciding rule (or default). Inputs: testdata/demo and every file in testdata/cases.
 //! Flows are built from the policy itself (set members and their edges, port range edges,
 //! every endpoint address, ICMP types) plus deterministic pseudo-random ones.
 
@@ -163,6 +163,8 @@ fn check(input: &str, engines: &mut usize) -> usize {
                             Some(&key),
                             "{input}: {name}: {flow}: deciding rule differs"
                         );
+                        let vm = polc::engine::vm_run(&compiled, index, &flow).unwrap();
+                        assert_eq!(vm, got, "{input}: {name}: {flow}: vm and kernel differ");
                         checked += 1;
                     }
                 }
