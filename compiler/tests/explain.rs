@@ -193,22 +193,46 @@ fn bad_input_exits_two_with_one_line() {
 }
 
 #[test]
-fn vm_and_kernel_engines_are_not_implemented_yet() {
-    for engine in ["vm", "kernel"] {
-        let o = polc(&[
+fn vm_and_kernel_engines_agree_with_ir() {
+    let kernel = polc_loader::kernel_test_guard().is_ok();
+    let queries: [&[&str]; 3] = [
+        &["--from", FRONTEND, "--to", CART, "--protocol", "tcp", "--port", "9090"],
+        &[
             "--from",
-            FRONTEND,
+            "10.1.2.3",
             "--to",
-            CART,
+            "payments/payments-api-84c5d6b7f-tt5zl",
             "--protocol",
             "tcp",
             "--port",
-            "9090",
-            "--engine",
-            engine,
-        ]);
-        assert_eq!(o.status.code(), Some(1), "{engine}: {}", stderr(&o));
-        assert!(stderr(&o).contains("not implemented yet"), "{engine}: {}", stderr(&o));
+            "22",
+        ],
+        &[
+            "--from",
+            CART,
+            "--to",
+            "payments/payments-api-84c5d6b7f-tt5zl",
+            "--protocol",
+            "tcp",
+            "--port",
+            "8443",
+        ],
+    ];
+    for q in queries {
+        let run = |engine: &str| {
+            let mut args = q.to_vec();
+            args.extend(["--engine", engine, "--output", "json"]);
+            let o = polc(&args);
+            assert_eq!(o.status.code(), Some(0), "{engine} {q:?}: {}", stderr(&o));
+            let j = json(&o);
+            let side = |d: &str| j[d]["decided_by"].clone();
+            (j["verdict"].clone(), side("egress"), side("ingress"))
+        };
+        let ir = run("ir");
+        assert_eq!(run("vm"), ir, "vm vs ir for {q:?}");
+        if kernel {
+            assert_eq!(run("kernel"), ir, "kernel vs ir for {q:?}");
+        }
     }
 }
 
