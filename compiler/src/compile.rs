@@ -151,17 +151,16 @@ pub fn elf_object(compiled: &Compiled, p: &CompiledProgram) -> Result<Vec<u8>> {
             map_flags: m.flags,
         })
         .collect();
+    // The relocations supply the maps; the immediates must be zero in the object.
+    let bytes = crate::engine::patch_map_handles(p, |_| Some(0))?;
     let mut relocs = Vec::new();
     let mut slot = 0usize;
-    let mut bytes = p.bytes.clone();
     for insn in &p.program.insns {
         if let crate::asm::Insn::LdImm64 { pseudo: crate::asm::Pseudo::MapFd, imm, .. } = insn {
             let map = specs.iter().position(|m| m.handle as u64 == *imm).ok_or_else(|| {
                 Error::other(format!("instruction {slot} refers to unknown map {imm}"))
             })?;
             relocs.push(MapReloc { insn_index: slot, map });
-            // The relocation supplies the map; the immediate must be zero in the object.
-            bytes[slot * 8 + 4..slot * 8 + 8].copy_from_slice(&[0; 4]);
         }
         slot += insn.slots();
     }

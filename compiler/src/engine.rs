@@ -191,11 +191,6 @@ impl KernelEngine {
             other => Err(Error::other(format!("{} CPUs carry a verdict, expected 1", other.len()))),
         }
     }
-
-    /// Program ids/kinds for inspection.
-    pub fn map_kinds(&self) -> Vec<MapKind> {
-        self.maps.iter().map(|(s, _)| s.kind).collect()
-    }
 }
 
 /// The decision of the compiled program of `endpoint` x `direction` for `flow`, run by
