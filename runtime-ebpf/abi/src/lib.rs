@@ -141,8 +141,10 @@ pub struct FlowState {
     pub rule_id: u32,
     /// One of [`stage`]: who touched the record last.
     pub stage: u32,
-    /// Reserved, zero.
-    pub _pad1: u32,
+    /// Where the next part of a policy program split into tail-called parts starts: 0 at
+    /// the first part (the runtime zeroes it), then written by the part that tail-calls the
+    /// next (see the compiler's codegen). Other programs leave it alone.
+    pub resume: u32,
 }
 
 impl FlowState {
@@ -171,7 +173,7 @@ impl FlowState {
             verdict: u32_at(FLOW_VERDICT),
             rule_id: u32_at(FLOW_RULE_ID),
             stage: u32_at(FLOW_STAGE),
-            _pad1: u32_at(FLOW_STAGE + 4),
+            resume: u32_at(FLOW_RESUME),
         }
     }
 
@@ -193,7 +195,7 @@ impl FlowState {
         b[FLOW_VERDICT..FLOW_VERDICT + 4].copy_from_slice(&self.verdict.to_ne_bytes());
         b[FLOW_RULE_ID..FLOW_RULE_ID + 4].copy_from_slice(&self.rule_id.to_ne_bytes());
         b[FLOW_STAGE..FLOW_STAGE + 4].copy_from_slice(&self.stage.to_ne_bytes());
-        b[FLOW_STAGE + 4..].copy_from_slice(&self._pad1.to_ne_bytes());
+        b[FLOW_RESUME..FLOW_RESUME + 4].copy_from_slice(&self.resume.to_ne_bytes());
         b
     }
 }
@@ -212,6 +214,7 @@ pub const FLOW_DST_ADDR: usize = 32;
 pub const FLOW_VERDICT: usize = 48;
 pub const FLOW_RULE_ID: usize = 52;
 pub const FLOW_STAGE: usize = 56;
+pub const FLOW_RESUME: usize = 60;
 /// Size of [`FlowState`] in bytes (the value size of [`MAP_STATE`]).
 pub const FLOW_STATE_SIZE: usize = 64;
 
@@ -240,6 +243,7 @@ mod tests {
         assert_eq!(FLOW_VERDICT, offset_of!(FlowState, verdict));
         assert_eq!(FLOW_RULE_ID, offset_of!(FlowState, rule_id));
         assert_eq!(FLOW_STAGE, offset_of!(FlowState, stage));
+        assert_eq!(FLOW_RESUME, offset_of!(FlowState, resume));
         assert_eq!(FLOW_STATE_SIZE, size_of::<FlowState>());
     }
 
@@ -273,7 +277,7 @@ mod tests {
             verdict: verdict::DENY,
             rule_id: 7,
             stage: stage::POLICY,
-            _pad1: 0,
+            resume: 3,
         };
         let bytes = st.to_bytes();
         assert_eq!(FlowState::from_bytes(&bytes), st);
