@@ -31,6 +31,8 @@ pub mod map {
     pub const NAMED_PORTS: u32 = 3;
     /// Per-CPU array of hit counters by rule id.
     pub const COUNTERS: u32 = 4;
+    /// The program's own prog array of its parts (only programs split into parts).
+    pub const PARTS: u32 = 5;
 }
 
 /// A map a generated program refers to, by handle.
@@ -123,6 +125,19 @@ pub fn map_specs(
     ]
 }
 
+/// The prog array of a program's parts (created per split program by whoever loads it).
+pub fn parts_map_spec(parts: usize) -> MapSpec {
+    MapSpec {
+        handle: map::PARTS,
+        name: "polc_parts".to_string(),
+        kind: MapKind::ProgArray,
+        key_size: 4,
+        value_size: 4,
+        max_entries: parts.max(1) as u32,
+        flags: 0,
+    }
+}
+
 /// What a rule id stands for: a rule, a tier's default action, or the default profile.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RuleKey {
@@ -203,37 +218,138 @@ const STATE: Reg = Reg::R7;
 const VERDICT: Reg = Reg::R8;
 const RULE_ID: Reg = Reg::R9;
 
+/// Size limits of one generated program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A part is closed at the first rule boundary past this many instruction slots. Below
+    /// 32k every jump inside a part keeps a 16-bit offset (no `gotol`, which rbpf lacks),
+    /// and each part stays far below the verifier's 1M-instruction complexity budget.
+    pub part_insns: usize,
+    /// Most parts one program may have. The kernel allows 33 tail calls per packet: one
+    /// from the runtime into part 0, one per part hop, one into the epilogue, and a margin
+    /// for the runtime's own use.
+    pub max_parts: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { part_insns: 16_384, max_parts: 28 }
+    }
+}
+
+/// Why a program could not be generated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodegenError {
+    Asm(AsmError),
+    /// Even split into tail-called parts, the program does not fit.
+    TooLarge {
+        rules: usize,
+        parts: usize,
+        limits: Limits,
+    },
+}
+
+impl std::fmt::Display for CodegenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CodegenError::Asm(e) => e.fmt(f),
+            CodegenError::TooLarge { rules, parts, limits } => write!(
+                f,
+                "{rules} rules need {parts} tail-called parts of at most {} instructions; \
+                 the limit is {} parts (the kernel allows 33 tail calls per packet)",
+                limits.part_insns, limits.max_parts
+            ),
+        }
+    }
+}
+
+impl From<AsmError> for CodegenError {
+    fn from(e: AsmError) -> CodegenError {
+        CodegenError::Asm(e)
+    }
+}
+
+/// A generated program: part 0 is what the runtime tail-calls; a program too large for one
+/// part continues in parts 1.. (program-local prog array [`map::PARTS`]), each resuming at
+/// the entry point named by `FlowState.resume`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generated {
+    pub parts: Vec<Program>,
+    /// For each part, the parts it may tail-call (always later ones).
+    pub next_parts: Vec<Vec<usize>>,
+}
+
+/// `FlowState.resume` value that enters part `j` where part `j - 1` stopped.
+fn resume_part(j: usize) -> i32 {
+    j as i32
+}
+
+/// `FlowState.resume` value that enters at the start of tier `t` (`t == tiers.len()`: the
+/// default profile after the last tier), the target of a Pass in an earlier part.
+fn resume_tier(t: usize) -> i32 {
+    0x1_0000 + t as i32
+}
+
 /// Generate the -O0 policy program for one endpoint, direction and family.
 pub fn generate(
     ep: &EndpointPolicy,
     family: Family,
     rules: &mut RuleTable,
-) -> Result<Program, AsmError> {
-    let mut g = Gen { a: Asm::new(), family };
-    let a = &mut g.a;
-    let decide = a.label();
-    let fail = a.label();
+    limits: Limits,
+) -> Result<Generated, CodegenError> {
+    // The first pass learns in which part each tier starts; the second emits the tail
+    // calls to those parts. Only immediates differ, so the layout is the same.
+    let guess = vec![0; ep.tiers.len() + 1];
+    let first = emit(ep, family, rules, limits, &guess)?;
+    if first.tier_part == guess {
+        return Ok(first.generated);
+    }
+    let second = emit(ep, family, rules, limits, &first.tier_part)?;
+    debug_assert_eq!(second.tier_part, first.tier_part);
+    Ok(second.generated)
+}
 
-    // No endpoint name here: identical programs are shared by several endpoints.
-    a.comment("prologue: r7 = this CPU's FlowState (drop if missing)");
-    a.push(Insn::mov64(CTX, Reg::R1));
-    a.push(Insn::st(Size::W, Reg::R10, STACK_U32_KEY, abi::STATE_KEY as i32));
-    a.push(Insn::mov64(Reg::R2, Reg::R10));
-    a.push(Insn::alu64(AluOp::Add, Reg::R2, STACK_U32_KEY as i32));
-    a.push(Insn::ld_map_fd(Reg::R1, map::STATE));
-    a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
-    a.jump_if(Cond::Eq, Reg::R0, 0, fail);
-    a.push(Insn::mov64(STATE, Reg::R0));
+struct Emitted {
+    generated: Generated,
+    tier_part: Vec<usize>,
+}
 
+/// One pass of code generation; `tier_part[t]` is the part tier `t` starts in (a guess
+/// in the first pass).
+fn emit(
+    ep: &EndpointPolicy,
+    family: Family,
+    rules: &mut RuleTable,
+    limits: Limits,
+    tier_part: &[usize],
+) -> Result<Emitted, CodegenError> {
+    let total_rules: usize = ep.tiers.iter().flat_map(|t| &t.policies).map(|p| p.rules.len()).sum();
+    let mut a = Asm::new();
+    let part = PartState::new(&mut a);
+    let mut e = Emitter {
+        g: Gen { a, family },
+        part,
+        parts: Vec::new(),
+        next_parts: Vec::new(),
+        pending: Vec::new(),
+        tier_part: vec![0; ep.tiers.len() + 1],
+        targets: tier_part,
+        limits,
+    };
+    e.open_part();
     if ep.tiers.is_empty() {
-        let id = rules.id(RuleKey::Profile { direction: ep.direction, passed: false });
-        g.a.comment(RuleKey::Profile { direction: ep.direction, passed: false }.describe());
-        g.set_verdict(abi::verdict::ALLOW, id);
-        g.a.jump(decide);
+        let key = RuleKey::Profile { direction: ep.direction, passed: false };
+        let id = rules.id(key.clone());
+        e.g.a.comment(key.describe());
+        e.g.set_verdict(abi::verdict::ALLOW, id);
+        e.g.a.jump(e.part.decide);
     } else {
-        for tier in &ep.tiers {
-            let tier_end = g.a.label();
-            g.a.comment(format!(
+        for (t, tier) in ep.tiers.iter().enumerate() {
+            if t > 0 {
+                e.maybe_split(t - 1, ep, total_rules)?;
+            }
+            e.start_tier(t);
+            e.g.a.comment(format!(
                 "tier {} (order {}, default {})",
                 tier.name,
                 tier.order.map_or("none".to_string(), |o| o.to_string()),
@@ -241,6 +357,7 @@ pub fn generate(
             ));
             for pol in &tier.policies {
                 for rule in &pol.rules {
+                    e.maybe_split(t, ep, total_rules)?;
                     let key = RuleKey::Rule {
                         direction: ep.direction,
                         tier: tier.name.clone(),
@@ -249,24 +366,25 @@ pub fn generate(
                         index: rule.index,
                     };
                     let id = rules.id(key.clone());
-                    let next = g.a.label();
-                    g.a.comment(format!(
+                    let next = e.g.a.label();
+                    e.g.a.comment(format!(
                         "{}: {} (rule id {id}; {} document {})",
                         key.describe(),
                         rule.action.as_str(),
                         pol.source.file,
                         pol.source.doc
                     ));
-                    if !g.match_rule(&rule.matches, next) {
+                    if !e.g.match_rule(&rule.matches, next) {
                         // The rule cannot match in this family: nothing to emit.
-                        g.a.bind(next);
+                        e.g.a.bind(next);
                         continue;
                     }
                     match rule.action {
-                        Action::Log => g.count(Reg::R9, Some(id)),
+                        Action::Log => e.g.count(Reg::R9, Some(id)),
                         Action::Pass => {
-                            g.count(Reg::R9, Some(id));
-                            g.a.jump(tier_end);
+                            e.g.count(Reg::R9, Some(id));
+                            let end = e.tier_end();
+                            e.g.a.jump(end);
                         }
                         Action::Allow | Action::Deny => {
                             let v = if rule.action == Action::Allow {
@@ -274,44 +392,240 @@ pub fn generate(
                             } else {
                                 abi::verdict::DENY
                             };
-                            g.set_verdict(v, id);
-                            g.a.jump(decide);
+                            e.g.set_verdict(v, id);
+                            e.g.a.jump(e.part.decide);
                         }
                     }
-                    g.a.bind(next);
+                    e.g.a.bind(next);
                 }
             }
             if tier.default_action == TierDefault::Deny {
                 let key = RuleKey::TierDefault { direction: ep.direction, tier: tier.name.clone() };
                 let id = rules.id(key.clone());
-                g.a.comment(format!("{}: deny (rule id {id})", key.describe()));
-                g.set_verdict(abi::verdict::DENY, id);
-                g.a.jump(decide);
+                e.g.a.comment(format!("{}: deny (rule id {id})", key.describe()));
+                e.g.set_verdict(abi::verdict::DENY, id);
+                e.g.a.jump(e.part.decide);
             }
-            g.a.bind(tier_end);
+            if let Some(end) = e.part.tier_end.take() {
+                e.g.a.bind(end);
+            }
         }
+        e.maybe_split(ep.tiers.len() - 1, ep, total_rules)?;
+        e.start_tier(ep.tiers.len());
         let key = RuleKey::Profile { direction: ep.direction, passed: true };
         let id = rules.id(key.clone());
-        g.a.comment(format!("{} (rule id {id})", key.describe()));
-        g.set_verdict(abi::verdict::ALLOW, id);
+        e.g.a.comment(format!("{} (rule id {id})", key.describe()));
+        e.g.set_verdict(abi::verdict::ALLOW, id);
+    }
+    e.close_part()?;
+    Ok(Emitted {
+        generated: Generated { parts: e.parts, next_parts: e.next_parts },
+        tier_part: e.tier_part,
+    })
+}
+
+/// A rough part count for the error message when a program does not fit.
+fn estimate_parts(ep: &EndpointPolicy, family: Family, limits: Limits) -> usize {
+    let mut g = Gen { a: Asm::new(), family };
+    for rule in ep.tiers.iter().flat_map(|t| &t.policies).flat_map(|p| &p.rules) {
+        let next = g.a.label();
+        g.match_rule(&rule.matches, next);
+        g.a.bind(next);
+    }
+    g.a.slots().div_ceil(limits.part_insns.max(1))
+}
+
+/// Labels and entry points of the part being emitted.
+struct PartState {
+    decide: Label,
+    fail: Label,
+    /// Where the entry dispatch goes (after the prologue), inserted when the part closes.
+    dispatch_at: usize,
+    /// Tiers whose start is in this part, with their labels.
+    tier_starts: Vec<(usize, Label)>,
+    /// Where a Pass in the current tier jumps, in this part (created on first use).
+    tier_end: Option<Label>,
+}
+
+impl PartState {
+    fn new(a: &mut Asm) -> PartState {
+        PartState {
+            decide: a.label(),
+            fail: a.label(),
+            dispatch_at: 0,
+            tier_starts: Vec::new(),
+            tier_end: None,
+        }
+    }
+}
+
+struct Emitter<'t> {
+    g: Gen,
+    part: PartState,
+    parts: Vec<Program>,
+    next_parts: Vec<Vec<usize>>,
+    /// Tiers an earlier part tail-calls into (their parts need an entry for them).
+    pending: Vec<usize>,
+    /// Learned: the part each tier starts in.
+    tier_part: Vec<usize>,
+    /// The first pass's `tier_part`, used as tail-call targets.
+    targets: &'t [usize],
+    limits: Limits,
+}
+
+impl Emitter<'_> {
+    fn index(&self) -> usize {
+        self.parts.len()
     }
 
-    let a = &mut g.a;
-    a.comment("decided: record verdict and rule id, count the hit, tail-call the epilogue");
-    a.bind(decide);
-    a.push(Insn::stx(Size::W, STATE, abi::FLOW_VERDICT as i16, VERDICT));
-    a.push(Insn::stx(Size::W, STATE, abi::FLOW_RULE_ID as i16, RULE_ID));
-    g.count(RULE_ID, None);
-    let a = &mut g.a;
-    a.push(Insn::mov64(Reg::R1, CTX));
-    a.push(Insn::ld_map_fd(Reg::R2, map::JUMP));
-    a.push(Insn::mov64(Reg::R3, abi::SLOT_EPILOGUE as i32));
-    a.push(Insn::call(helper::TAIL_CALL));
-    a.comment("no epilogue (or no state): fail closed");
-    a.bind(fail);
-    a.push(Insn::mov64(Reg::R0, abi::TC_ACT_SHOT));
-    a.push(Insn::exit());
-    g.a.assemble()
+    /// Start a part: the prologue (state pointer), and a place for the entry dispatch.
+    fn open_part(&mut self) {
+        let a = &mut self.g.a;
+        self.part = PartState::new(a);
+        let part = self.parts.len();
+        if part == 0 {
+            // No endpoint name here: identical programs are shared by several endpoints.
+            a.comment("prologue: r7 = this CPU's FlowState (drop if missing)");
+        } else {
+            a.comment(format!("part {part}: r7 = this CPU's FlowState (drop if missing)"));
+        }
+        a.push(Insn::mov64(CTX, Reg::R1));
+        a.push(Insn::st(Size::W, Reg::R10, STACK_U32_KEY, abi::STATE_KEY as i32));
+        a.push(Insn::mov64(Reg::R2, Reg::R10));
+        a.push(Insn::alu64(AluOp::Add, Reg::R2, STACK_U32_KEY as i32));
+        a.push(Insn::ld_map_fd(Reg::R1, map::STATE));
+        a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
+        a.jump_if(Cond::Eq, Reg::R0, 0, self.part.fail);
+        a.push(Insn::mov64(STATE, Reg::R0));
+        self.part.dispatch_at = a.mark();
+    }
+
+    /// Split before the next rule (or tier) of tier `t` when the part is full.
+    fn maybe_split(
+        &mut self,
+        t: usize,
+        ep: &EndpointPolicy,
+        total_rules: usize,
+    ) -> Result<(), CodegenError> {
+        if self.g.a.slots() < self.limits.part_insns {
+            return Ok(());
+        }
+        self.split(t)?;
+        if self.parts.len() >= self.limits.max_parts {
+            return Err(CodegenError::TooLarge {
+                rules: total_rules,
+                parts: estimate_parts(ep, self.g.family, self.limits),
+                limits: self.limits,
+            });
+        }
+        Ok(())
+    }
+
+    fn start_tier(&mut self, t: usize) {
+        let l = self.g.a.label();
+        self.g.a.bind(l);
+        self.part.tier_starts.push((t, l));
+        if let Some(slot) = self.tier_part.get_mut(t) {
+            *slot = self.parts.len();
+        }
+    }
+
+    fn tier_end(&mut self) -> Label {
+        let a = &mut self.g.a;
+        *self.part.tier_end.get_or_insert_with(|| a.label())
+    }
+
+    /// Close the current part at a rule boundary inside tier `t` (or at its start) and
+    /// continue in a new one.
+    fn split(&mut self, t: usize) -> Result<(), AsmError> {
+        let next = self.index() + 1;
+        // Falling off the end of this part continues where it stopped, in the next part.
+        self.g.a.comment(format!("no rule decided in this part: continue in part {next}"));
+        self.tail_call_part(resume_part(next), next);
+        // Pass rules of tier `t` in this part jump to the next tier, wherever it starts.
+        // (Reached only by their jumps: the tail call above ends in `goto fail`.)
+        if let Some(end) = self.part.tier_end.take() {
+            let target = self.targets.get(t + 1).copied().unwrap_or(next).max(next);
+            self.g.a.comment(format!(
+                "a Pass leaves tier {t}: continue at tier {} in part {target}",
+                t + 1
+            ));
+            self.g.a.bind(end);
+            self.tail_call_part(resume_tier(t + 1), target);
+            if !self.pending.contains(&(t + 1)) {
+                self.pending.push(t + 1);
+            }
+        }
+        self.close_part()?;
+        self.open_part();
+        Ok(())
+    }
+
+    /// `state.resume = resume; tail_call(parts, part)`; a failed tail call drops.
+    fn tail_call_part(&mut self, resume: i32, part: usize) {
+        let a = &mut self.g.a;
+        a.push(Insn::st(Size::W, STATE, abi::FLOW_RESUME as i16, resume));
+        a.push(Insn::mov64(Reg::R1, CTX));
+        a.push(Insn::ld_map_fd(Reg::R2, map::PARTS));
+        a.push(Insn::mov64(Reg::R3, part as i32));
+        a.push(Insn::call(helper::TAIL_CALL));
+        a.jump(self.part.fail);
+        let here = self.parts.len();
+        if self.next_parts.len() <= here {
+            self.next_parts.resize(here + 1, Vec::new());
+        }
+        if !self.next_parts[here].contains(&part) {
+            self.next_parts[here].push(part);
+        }
+    }
+
+    /// Emit the decide and fail blocks and the entry dispatch, and assemble the part.
+    fn close_part(&mut self) -> Result<(), AsmError> {
+        let part = self.parts.len();
+        let (decide, fail) = (self.part.decide, self.part.fail);
+        let a = &mut self.g.a;
+        a.comment("decided: record verdict and rule id, count the hit, tail-call the epilogue");
+        a.bind(decide);
+        a.push(Insn::stx(Size::W, STATE, abi::FLOW_VERDICT as i16, VERDICT));
+        a.push(Insn::stx(Size::W, STATE, abi::FLOW_RULE_ID as i16, RULE_ID));
+        self.g.count(RULE_ID, None);
+        let a = &mut self.g.a;
+        a.push(Insn::mov64(Reg::R1, CTX));
+        a.push(Insn::ld_map_fd(Reg::R2, map::JUMP));
+        a.push(Insn::mov64(Reg::R3, abi::SLOT_EPILOGUE as i32));
+        a.push(Insn::call(helper::TAIL_CALL));
+        a.comment("no epilogue (or no state, or no such part): fail closed");
+        a.bind(fail);
+        a.push(Insn::mov64(Reg::R0, abi::TC_ACT_SHOT));
+        a.push(Insn::exit());
+        if part > 0 {
+            let entries: Vec<(usize, Label)> = self
+                .part
+                .tier_starts
+                .iter()
+                .copied()
+                .filter(|(t, _)| self.pending.contains(t))
+                .collect();
+            let at = self.part.dispatch_at;
+            a.insert_at(at, |a| {
+                let body = a.label();
+                a.comment("entry: where the previous part stopped (FlowState.resume)");
+                a.push(Insn::ldx(Size::W, Reg::R1, STATE, abi::FLOW_RESUME as i16));
+                a.jump_if(Cond::Eq, Reg::R1, resume_part(part), body);
+                for (t, l) in entries {
+                    a.jump_if(Cond::Eq, Reg::R1, resume_tier(t), l);
+                }
+                a.jump(fail);
+                a.bind(body);
+            });
+        }
+        let program = std::mem::take(&mut self.g.a).assemble()?;
+        self.parts.push(program);
+        if self.next_parts.len() < self.parts.len() {
+            self.next_parts.resize(self.parts.len(), Vec::new());
+        }
+        Ok(())
+    }
 }
 
 struct Gen {

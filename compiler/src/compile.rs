@@ -32,6 +32,17 @@ pub struct CompileArgs {
     /// `text` prints the annotated listings; `json` prints a summary object.
     #[arg(long = "output", value_enum, default_value = "text")]
     pub output: OutputFormat,
+    /// Split a program into tail-called parts of at most about this many instructions.
+    #[arg(long = "max-part-insns", default_value_t = codegen::Limits::default().part_insns as u64,
+          value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
+    pub max_part_insns: u64,
+}
+
+/// One part of a program (most programs have one; see [`codegen::Generated`]).
+#[derive(Debug, Clone)]
+pub struct Part {
+    pub program: Program,
+    pub bytes: Vec<u8>,
 }
 
 /// One unique program and the endpoints that share it.
@@ -40,9 +51,18 @@ pub struct CompiledProgram {
     pub endpoints: Vec<String>,
     pub direction: Direction,
     pub family: Family,
-    pub program: Program,
-    pub bytes: Vec<u8>,
+    /// Part 0 is the entry; later parts are tail-called through the program's own prog
+    /// array ([`codegen::map::PARTS`]).
+    pub parts: Vec<Part>,
+    /// Longest path from part 0's entry to the epilogue (or a drop), across parts.
     pub worst_case: WorstCase,
+}
+
+impl CompiledProgram {
+    /// Instruction slots over all parts.
+    pub fn insns(&self) -> usize {
+        self.parts.iter().map(|p| p.program.slot_count()).sum()
+    }
 }
 
 /// Map contents for the loader: (key, value) pairs.
@@ -60,11 +80,26 @@ pub struct Compiled {
 }
 
 impl Compiled {
-    /// The map definitions a program of `family` refers to, sized for this compile.
+    /// The map definitions every program of `family` refers to, sized for this compile.
     pub fn map_specs(&self, family: Family) -> Vec<codegen::MapSpec> {
         let ipsets = self.ipset_entries.get(&family.number()).map_or(0, Vec::len);
         codegen::map_specs(family, ipsets, self.named_port_entries.len(), self.rules.len())
     }
+
+    /// The maps program `p` refers to: its family's, plus its own parts array if split.
+    pub fn program_map_specs(&self, p: &CompiledProgram) -> Vec<codegen::MapSpec> {
+        let mut specs = self.map_specs(p.family);
+        if p.parts.len() > 1 {
+            specs.push(codegen::parts_map_spec(p.parts.len()));
+        }
+        specs
+    }
+}
+
+/// Compile options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    pub limits: codegen::Limits,
 }
 
 fn families(ep: &EndpointPolicy) -> Vec<Family> {
@@ -76,35 +111,40 @@ fn families(ep: &EndpointPolicy) -> Vec<Family> {
 
 /// Generate -O0 programs for every endpoint x direction x family of `ir`, deduplicated.
 pub fn compile_ir(ir: Ir) -> Result<Compiled> {
+    compile_ir_with(ir, Options::default())
+}
+
+/// [`compile_ir`] with explicit options.
+pub fn compile_ir_with(ir: Ir, options: Options) -> Result<Compiled> {
     let mut rules = RuleTable::default();
     let mut programs: Vec<CompiledProgram> = Vec::new();
-    let mut by_bytes: BTreeMap<(Direction, u8, Vec<u8>), usize> = BTreeMap::new();
+    let mut by_bytes: BTreeMap<(Direction, u8, Vec<Vec<u8>>), usize> = BTreeMap::new();
     for ep in &ir.endpoints {
         for family in families(ep) {
-            let program = codegen::generate(ep, family, &mut rules).map_err(|e| {
-                Error::other(format!(
-                    "endpoint {} {} IPv{}: {e}",
-                    ep.endpoint,
-                    ep.direction.as_str(),
-                    family.number()
-                ))
-            })?;
-            let bytes = program.try_to_bytes().map_err(Error::other)?;
-            let key = (ep.direction, family.number(), bytes.clone());
+            let what = || {
+                format!("endpoint {} {} IPv{}", ep.endpoint, ep.direction.as_str(), family.number())
+            };
+            let generated = codegen::generate(ep, family, &mut rules, options.limits)
+                .map_err(|e| Error::other(format!("{}: {e}", what())))?;
+            let mut parts = Vec::new();
+            for program in generated.parts {
+                let bytes = program.try_to_bytes().map_err(Error::other)?;
+                parts.push(Part { program, bytes });
+            }
+            let key =
+                (ep.direction, family.number(), parts.iter().map(|p| p.bytes.clone()).collect());
             if let Some(&i) = by_bytes.get(&key) {
                 programs[i].endpoints.push(ep.endpoint.clone());
                 continue;
             }
-            let worst_case = worst_case(&program.insns).map_err(|e| {
-                Error::other(format!("endpoint {}: CFG analysis: {e}", ep.endpoint))
-            })?;
+            let worst_case = chained_worst_case(&parts, &generated.next_parts)
+                .map_err(|e| Error::other(format!("{}: CFG analysis: {e}", what())))?;
             by_bytes.insert(key, programs.len());
             programs.push(CompiledProgram {
                 endpoints: vec![ep.endpoint.clone()],
                 direction: ep.direction,
                 family,
-                program,
-                bytes,
+                parts,
                 worst_case,
             });
         }
@@ -119,10 +159,40 @@ pub fn compile_ir(ir: Ir) -> Result<Compiled> {
     Ok(Compiled { ir, programs, rules, ipset_entries, named_port_entries })
 }
 
+/// Worst case over a chain of parts: part `j`'s longest path plus the worst of the parts
+/// it tail-calls. An upper bound: the longest path inside a part need not be the one that
+/// reaches its tail call.
+fn chained_worst_case(parts: &[Part], next_parts: &[Vec<usize>]) -> Result<WorstCase> {
+    let own: Vec<WorstCase> = parts
+        .iter()
+        .map(|p| worst_case(&p.program.insns))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(Error::other)?;
+    let mut total = own.clone();
+    for j in (0..parts.len()).rev() {
+        let mut best = WorstCase::default();
+        for &k in next_parts.get(j).into_iter().flatten() {
+            if k <= j || k >= parts.len() {
+                return Err(Error::other(format!("part {j} tail-calls part {k}")));
+            }
+            best.insns = best.insns.max(total[k].insns);
+            best.map_lookups = best.map_lookups.max(total[k].map_lookups);
+        }
+        total[j].insns = own[j].insns + best.insns;
+        total[j].map_lookups = own[j].map_lookups + best.map_lookups;
+    }
+    Ok(total.first().copied().unwrap_or_default())
+}
+
 /// Load, lower and compile the given files.
 pub fn compile_files(files: &[PathBuf]) -> Result<Compiled> {
+    compile_files_with(files, Options::default())
+}
+
+/// [`compile_files`] with explicit options.
+pub fn compile_files_with(files: &[PathBuf], options: Options) -> Result<Compiled> {
     let cluster = frontend::load(files)?;
-    compile_ir(crate::lower::lower(&cluster))
+    compile_ir_with(crate::lower::lower(&cluster), options)
 }
 
 /// A stable file name for a program: `ingress-v4-shop-web` (+ `-N` for more endpoints).
@@ -136,10 +206,11 @@ fn program_file_name(p: &CompiledProgram) -> String {
     format!("{}-v{}-{first}{more}", p.direction.as_str(), p.family.number())
 }
 
-/// The ELF object of one program: its maps as BTF-defined maps, relocations at each
-/// map-loading instruction.
-pub fn elf_object(compiled: &Compiled, p: &CompiledProgram) -> Result<Vec<u8>> {
-    let specs = compiled.map_specs(p.family);
+/// The ELF object of part `part` of a program: its maps as BTF-defined maps, relocations
+/// at each map-loading instruction.
+pub fn elf_object(compiled: &Compiled, p: &CompiledProgram, part: usize) -> Result<Vec<u8>> {
+    let specs = compiled.program_map_specs(p);
+    let the_part = p.parts.get(part).ok_or_else(|| Error::other(format!("no part {part}")))?;
     let maps: Vec<ElfMap> = specs
         .iter()
         .map(|m| ElfMap {
@@ -152,10 +223,10 @@ pub fn elf_object(compiled: &Compiled, p: &CompiledProgram) -> Result<Vec<u8>> {
         })
         .collect();
     // The relocations supply the maps; the immediates must be zero in the object.
-    let bytes = crate::engine::patch_map_handles(p, |_| Some(0))?;
+    let bytes = crate::engine::patch_map_handles(the_part, |_| Some(0))?;
     let mut relocs = Vec::new();
     let mut slot = 0usize;
-    for insn in &p.program.insns {
+    for insn in &the_part.program.insns {
         if let crate::asm::Insn::LdImm64 { pseudo: crate::asm::Pseudo::MapFd, imm, .. } = insn {
             let map = specs.iter().position(|m| m.handle as u64 == *imm).ok_or_else(|| {
                 Error::other(format!("instruction {slot} refers to unknown map {imm}"))
@@ -164,8 +235,9 @@ pub fn elf_object(compiled: &Compiled, p: &CompiledProgram) -> Result<Vec<u8>> {
         }
         slot += insn.slots();
     }
+    let name = if part == 0 { "polc_policy".to_string() } else { format!("polc_part{part}") };
     let prog = ElfProgram {
-        name: "polc_policy",
+        name: &name,
         section: "tc",
         insns: &bytes,
         license: "GPL",
@@ -177,18 +249,28 @@ pub fn elf_object(compiled: &Compiled, p: &CompiledProgram) -> Result<Vec<u8>> {
 
 /// The annotated listing of one program, with a header naming its endpoints.
 pub fn listing(compiled: &Compiled, p: &CompiledProgram) -> String {
-    let specs = compiled.map_specs(p.family);
+    let specs = compiled.program_map_specs(p);
     let names = |h: u64| specs.iter().find(|m| m.handle as u64 == h).map(|m| m.name.clone());
-    format!(
-        "; {} IPv{} policy for {}\n; {} instructions, worst case {} executed, {} map lookups\n{}",
+    let mut out = format!(
+        "; {} IPv{} policy for {}\n; {} instructions, worst case {} executed, {} map lookups\n",
         p.direction.as_str(),
         p.family.number(),
         p.endpoints.join(", "),
-        p.program.slot_count(),
+        p.insns(),
         p.worst_case.insns,
         p.worst_case.map_lookups,
-        p.program.listing(Some(&names))
-    )
+    );
+    for (k, part) in p.parts.iter().enumerate() {
+        if p.parts.len() > 1 {
+            out.push_str(&format!(
+                "; part {k} of {} ({} instructions)\n",
+                p.parts.len(),
+                part.program.slot_count()
+            ));
+        }
+        out.push_str(&part.program.listing(Some(&names)));
+    }
+    out
 }
 
 /// The `--output json` summary (the CLI contract's fields, plus a few more).
@@ -201,7 +283,8 @@ pub fn summary_json(compiled: &Compiled, compile_ms: u128) -> serde_json::Value 
                 "endpoints": p.endpoints,
                 "direction": p.direction.as_str(),
                 "family": p.family.number(),
-                "insns": p.program.slot_count(),
+                "insns": p.insns(),
+                "parts": p.parts.len(),
                 "worst_case_insns": p.worst_case.insns,
                 "worst_case_map_lookups": p.worst_case.map_lookups,
                 "file": program_file_name(p),
@@ -236,11 +319,14 @@ fn write_outputs(compiled: &Compiled, dir: &Path) -> Result<()> {
             let name = program_file_name(p);
             let txt = staging.join(format!("{name}.txt"));
             std::fs::write(&txt, listing(compiled, p)).map_err(|e| io("cannot write", &txt, e))?;
-            let obj = staging.join(format!("{name}.o"));
-            std::fs::write(&obj, elf_object(compiled, p)?)
-                .map_err(|e| io("cannot write", &obj, e))?;
             files.push(format!("{name}.txt"));
-            files.push(format!("{name}.o"));
+            for k in 0..p.parts.len() {
+                let file = if k == 0 { format!("{name}.o") } else { format!("{name}.part{k}.o") };
+                let obj = staging.join(&file);
+                std::fs::write(&obj, elf_object(compiled, p, k)?)
+                    .map_err(|e| io("cannot write", &obj, e))?;
+                files.push(file);
+            }
         }
         for f in &files {
             let (from, to) = (staging.join(f), dir.join(f));
@@ -254,7 +340,9 @@ fn write_outputs(compiled: &Compiled, dir: &Path) -> Result<()> {
 
 pub fn run(args: &CompileArgs) -> Result<()> {
     let start = Instant::now();
-    let compiled = compile_files(&args.files)?;
+    let limits =
+        codegen::Limits { part_insns: args.max_part_insns as usize, ..codegen::Limits::default() };
+    let compiled = compile_files_with(&args.files, Options { limits })?;
     let compile_ms = start.elapsed().as_millis();
     if let Some(dir) = &args.output_dir {
         write_outputs(&compiled, dir)?;

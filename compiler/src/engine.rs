@@ -6,7 +6,7 @@
 use crate::asm::{Insn, Pseudo};
 use crate::codegen::RuleKey;
 use crate::codegen::{map, MapKind, MapSpec};
-use crate::compile::{Compiled, CompiledProgram};
+use crate::compile::{Compiled, Part};
 use crate::error::{Error, Result};
 use polc_abi::{self as abi, FlowState};
 use polc_ir::{Direction, Family, Flow, TraceStep, Verdict};
@@ -60,10 +60,7 @@ fn outcome(state: &FlowState) -> Result<Outcome> {
 }
 
 /// Replace each map handle in LD_IMM64 instructions by what `fd_of` returns for it.
-pub fn patch_map_handles(
-    p: &CompiledProgram,
-    mut fd_of: impl FnMut(u32) -> Option<u32>,
-) -> Result<Vec<u8>> {
+pub fn patch_map_handles(p: &Part, mut fd_of: impl FnMut(u32) -> Option<u32>) -> Result<Vec<u8>> {
     let mut bytes = p.bytes.clone();
     let mut slot = 0usize;
     for insn in &p.program.insns {
@@ -82,8 +79,14 @@ pub fn patch_map_handles(
 pub struct KernelEngine {
     maps: Vec<(MapSpec, Fd)>,
     /// Loaded programs, by index in `Compiled::programs` (None for other families).
-    programs: Vec<Option<Fd>>,
+    programs: Vec<Option<LoadedProgram>>,
     _epilogue: Fd,
+}
+
+/// A program's parts in the kernel: part 0 first, and the prog array holding them all.
+struct LoadedProgram {
+    parts: Vec<Fd>,
+    _parts_map: Option<Fd>,
 }
 
 fn bpf_err(e: sys::BpfError) -> Error {
@@ -130,16 +133,42 @@ impl KernelEngine {
                 programs.push(None);
                 continue;
             }
-            let bytes = patch_map_handles(p, |h| fd_of(h).map(|fd| fd.raw() as u32))?;
-            let fd = sys::prog_load("polc_policy", &bytes).map_err(|e| {
-                Error::other(format!(
-                    "{} {} IPv{}: {e}",
-                    p.endpoints.join(","),
-                    p.direction.as_str(),
-                    p.family.number()
-                ))
-            })?;
-            programs.push(Some(fd));
+            let what = || {
+                format!("{} {} IPv{}", p.endpoints.join(","), p.direction.as_str(), family.number())
+            };
+            let parts_map = if p.parts.len() > 1 {
+                let spec = crate::codegen::parts_map_spec(p.parts.len());
+                Some(
+                    sys::map_create(&sys::MapSpec {
+                        kind: spec.kind,
+                        name: &spec.name,
+                        key_size: spec.key_size,
+                        value_size: spec.value_size,
+                        max_entries: spec.max_entries,
+                    })
+                    .map_err(bpf_err)?,
+                )
+            } else {
+                None
+            };
+            let mut parts = Vec::new();
+            for (k, part) in p.parts.iter().enumerate() {
+                let bytes = patch_map_handles(part, |h| {
+                    if h == map::PARTS {
+                        parts_map.as_ref().map(|fd| fd.raw() as u32)
+                    } else {
+                        fd_of(h).map(|fd| fd.raw() as u32)
+                    }
+                })?;
+                let name = if k == 0 { "polc_policy".to_string() } else { format!("polc_part{k}") };
+                let fd = sys::prog_load(&name, &bytes)
+                    .map_err(|e| Error::other(format!("{} part {k}: {e}", what())))?;
+                if let Some(m) = &parts_map {
+                    sys::prog_array_set(m.as_fd(), k as u32, fd.as_fd()).map_err(bpf_err)?;
+                }
+                parts.push(fd);
+            }
+            programs.push(Some(LoadedProgram { parts, _parts_map: parts_map }));
         }
         Ok(KernelEngine { maps, programs, _epilogue: epilogue })
     }
@@ -159,6 +188,7 @@ impl KernelEngine {
             .programs
             .get(index)
             .and_then(Option::as_ref)
+            .and_then(|p| p.parts.first())
             .ok_or_else(|| Error::other("program not loaded for this family"))?;
         let state_map = self.map(map::STATE)?;
         let cpus = sys::possible_cpus().map_err(bpf_err)?;
@@ -278,7 +308,7 @@ pub fn vm_run(compiled: &Compiled, index: usize, flow: &Flow) -> Result<Outcome>
     let p = compiled.programs.get(index).ok_or_else(|| Error::other("no such program"))?;
     let vm_err = |e: &dyn std::fmt::Display| Error::other(format!("vm: {e}"));
     let mut maps = Maps::new();
-    for spec in compiled.map_specs(p.family) {
+    for spec in compiled.program_map_specs(p) {
         let kind = match spec.kind {
             MapKind::Hash => vm::MapKind::Hash,
             MapKind::Array => vm::MapKind::Array,
@@ -301,19 +331,42 @@ pub fn vm_run(compiled: &Compiled, index: usize, flow: &Flow) -> Result<Outcome>
     for (k, v) in &compiled.named_port_entries {
         maps.update(map::NAMED_PORTS, k, v).map_err(|e| vm_err(&e))?;
     }
-    // The epilogue is "program 1" in the prog array: a tail call to it ends the run.
-    maps.update(map::JUMP, &abi::SLOT_EPILOGUE.to_ne_bytes(), &1u32.to_ne_bytes())
+    // Program ids in the prog arrays: the epilogue is 1 (a tail call to it ends the run),
+    // part k is 2 + k.
+    const EPILOGUE_ID: u32 = 1;
+    maps.update(map::JUMP, &abi::SLOT_EPILOGUE.to_ne_bytes(), &EPILOGUE_ID.to_ne_bytes())
         .map_err(|e| vm_err(&e))?;
+    if p.parts.len() > 1 {
+        for k in 0..p.parts.len() as u32 {
+            maps.update(map::PARTS, &k.to_ne_bytes(), &(2 + k).to_ne_bytes())
+                .map_err(|e| vm_err(&e))?;
+        }
+    }
     let key = abi::STATE_KEY.to_ne_bytes();
     maps.update(map::STATE, &key, &flow_state(flow, p.direction).to_bytes())
         .map_err(|e| vm_err(&e))?;
-    let out = vm::run(VmInput::new(&p.bytes), maps).map_err(|e| vm_err(&e))?;
-    match out.exit {
-        Exit::TailCall { index, .. } if index == abi::SLOT_EPILOGUE => {}
-        other => {
-            return Err(Error::other(format!("vm: program ended with {other:?}, not the epilogue")))
+    let mut part = 0usize;
+    // Like the kernel's tail-call limit, bound the chain (parts only go forward anyway).
+    let out = loop {
+        let bytes = &p.parts.get(part).ok_or_else(|| Error::other("vm: no such part"))?.bytes;
+        let out = vm::run(VmInput::new(bytes), maps).map_err(|e| vm_err(&e))?;
+        match out.exit {
+            Exit::TailCall { map: m, prog_id, .. } if m == map::PARTS && prog_id >= 2 => {
+                let next = (prog_id - 2) as usize;
+                if next <= part {
+                    return Err(Error::other(format!("vm: part {part} tail-calls part {next}")));
+                }
+                part = next;
+                maps = out.maps;
+            }
+            Exit::TailCall { map: m, prog_id: EPILOGUE_ID, .. } if m == map::JUMP => break out,
+            other => {
+                return Err(Error::other(format!(
+                    "vm: part {part} ended with {other:?}, not the epilogue"
+                )))
+            }
         }
-    }
+    };
     let bytes = out.maps.lookup(map::STATE, &key).ok_or_else(|| Error::other("vm: no state"))?;
     let state = <&[u8; abi::FLOW_STATE_SIZE]>::try_from(bytes.as_slice())
         .map_err(|_| Error::other("vm: state has the wrong size"))?;

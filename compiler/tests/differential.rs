@@ -4,8 +4,9 @@
 //! Flows are built from the policy itself (set members and their edges, port range edges,
 //! every endpoint address, ICMP types) plus deterministic pseudo-random ones.
 
+use polc::codegen::Limits;
 use polc::codegen::RuleKey;
-use polc::compile::{compile_files, Compiled};
+use polc::compile::{compile_files, compile_ir_with, Compiled, Options};
 use polc::engine::KernelEngine;
 use polc_ir::{evaluate, proto, Direction, EndpointPolicy, Family, Flow, TraceStep};
 use std::collections::BTreeSet;
@@ -106,18 +107,21 @@ fn ports(c: &Compiled) -> Vec<u16> {
 /// Check every program of `dir_or_file` in the kernel against the evaluator; returns the
 /// number of flows checked.
 fn check(input: &str, engines: &mut usize) -> usize {
-    let compiled = compile_files(&[testdata(input)]).unwrap();
+    check_compiled(input, &compile_files(&[testdata(input)]).unwrap(), engines)
+}
+
+fn check_compiled(input: &str, compiled: &Compiled, engines: &mut usize) -> usize {
     let mut rng = Rng(0x9e3779b97f4a7c15);
     let mut checked = 0;
-    let port_list = ports(&compiled);
+    let port_list = ports(compiled);
     for family in [Family::V4, Family::V6] {
         if !compiled.programs.iter().any(|p| p.family == family) {
             continue;
         }
-        let engine = KernelEngine::new(&compiled, family)
+        let engine = KernelEngine::new(compiled, family)
             .unwrap_or_else(|e| panic!("{input}: loading IPv{} programs: {e}", family.number()));
         *engines += 1;
-        let addrs = addresses(&compiled, family);
+        let addrs = addresses(compiled, family);
         let icmp = if family == Family::V4 { proto::ICMP } else { proto::ICMPV6 };
         let protos = [proto::TCP, proto::UDP, proto::SCTP, icmp, 47];
         for (index, p) in compiled.programs.iter().enumerate() {
@@ -147,7 +151,7 @@ fn check(input: &str, engines: &mut usize) -> usize {
                             Flow::ports(src, dst, protocol, 0, 0)
                         };
                         let want = evaluate(ep, &flow);
-                        let got = engine.run(&compiled, index, &flow).unwrap();
+                        let got = engine.run(compiled, index, &flow).unwrap();
                         let key = expected_key(ep, &want.trace);
                         assert_eq!(
                             got.verdict,
@@ -163,7 +167,7 @@ fn check(input: &str, engines: &mut usize) -> usize {
                             Some(&key),
                             "{input}: {name}: {flow}: deciding rule differs"
                         );
-                        let vm = polc::engine::vm_run(&compiled, index, &flow).unwrap();
+                        let vm = polc::engine::vm_run(compiled, index, &flow).unwrap();
                         assert_eq!(vm, got, "{input}: {name}: {flow}: vm and kernel differ");
                         checked += 1;
                     }
@@ -174,9 +178,7 @@ fn check(input: &str, engines: &mut usize) -> usize {
     checked
 }
 
-#[test]
-fn kernel_agrees_with_the_evaluator_on_every_testdata_policy() {
-    polc_loader::require_kernel!();
+fn inputs() -> Vec<String> {
     let mut inputs = vec!["demo".to_string()];
     let mut cases: Vec<String> = std::fs::read_dir(testdata("cases"))
         .unwrap()
@@ -184,6 +186,13 @@ fn kernel_agrees_with_the_evaluator_on_every_testdata_policy() {
         .collect();
     cases.sort();
     inputs.extend(cases);
+    inputs
+}
+
+#[test]
+fn kernel_agrees_with_the_evaluator_on_every_testdata_policy() {
+    polc_loader::require_kernel!();
+    let inputs = inputs();
     let mut total = 0;
     let mut engines = 0;
     for input in &inputs {
@@ -191,4 +200,32 @@ fn kernel_agrees_with_the_evaluator_on_every_testdata_policy() {
     }
     eprintln!("differential: {total} flows over {} inputs, {engines} map sets", inputs.len());
     assert!(total > 2000, "only {total} flows checked");
+}
+
+/// The same check with programs split into many tiny parts, so every testdata policy runs
+/// through part hops, Pass across parts and the entry dispatch, in the kernel and the vm.
+#[test]
+fn split_programs_agree_with_the_evaluator() {
+    polc_loader::require_kernel!();
+    let mut total = 0;
+    let mut engines = 0;
+    let mut split = 0;
+    for input in inputs() {
+        let cluster = polc::frontend::load(&[testdata(&input)]).unwrap();
+        let ir = polc::lower::lower(&cluster);
+        // Smallest part size that fits the tail-call budget for this input.
+        let mut part_insns = 10;
+        let compiled = loop {
+            let limits = Limits { part_insns, max_parts: 31 };
+            match compile_ir_with(ir.clone(), Options { limits }) {
+                Ok(c) => break c,
+                Err(e) if e.to_string().contains("tail-called parts") => part_insns *= 2,
+                Err(e) => panic!("{input}: {e}"),
+            }
+        };
+        split += compiled.programs.iter().filter(|p| p.parts.len() > 1).count();
+        total += check_compiled(&input, &compiled, &mut engines);
+    }
+    eprintln!("split differential: {total} flows, {split} split programs");
+    assert!(split >= 20, "only {split} programs were split");
 }

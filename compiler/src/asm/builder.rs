@@ -56,6 +56,8 @@ pub const MAX_INSNS: usize = 1_000_000;
 pub struct Asm {
     items: Vec<Item>,
     labels: usize,
+    /// Instruction slots pushed so far, before relaxation and dead-code removal.
+    slots: usize,
 }
 
 /// An assembled program: instructions in order plus comments attached before instructions.
@@ -83,6 +85,7 @@ impl Asm {
     }
 
     pub fn push(&mut self, insn: Insn) {
+        self.slots += insn.slots();
         self.items.push(Item::Insn(insn));
     }
 
@@ -99,17 +102,42 @@ impl Asm {
 
     /// `goto label`.
     pub fn jump(&mut self, target: Label) {
+        self.slots += 1;
         self.items.push(Item::Jump { cond: None, target });
     }
 
     /// `if dst cond src goto label` (64-bit compare).
     pub fn jump_if(&mut self, cond: Cond, dst: Reg, src: impl Into<Src>, target: Label) {
+        self.slots += 1;
         self.items.push(Item::Jump { cond: Some((Width::W64, cond, dst, src.into())), target });
     }
 
     /// `if wdst cond src goto label` (32-bit compare, JMP32 class).
     pub fn jump32_if(&mut self, cond: Cond, dst: Reg, src: impl Into<Src>, target: Label) {
+        self.slots += 1;
         self.items.push(Item::Jump { cond: Some((Width::W32, cond, dst, src.into())), target });
+    }
+
+    /// Instruction slots pushed so far (before jump relaxation and unreachable-code
+    /// removal, so an upper bound of the assembled size when no jump needs relaxing).
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// A position in the item stream, for [`Asm::insert_at`].
+    pub fn mark(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Insert what `build` pushes at an earlier `mark`, e.g. a dispatch block whose
+    /// contents are known only once the code after it is emitted. Labels are shared.
+    pub fn insert_at(&mut self, mark: usize, build: impl FnOnce(&mut Asm)) {
+        let mut tmp = Asm { items: Vec::new(), labels: self.labels, slots: 0 };
+        build(&mut tmp);
+        self.labels = tmp.labels;
+        self.slots += tmp.slots;
+        let at = mark.min(self.items.len());
+        self.items.splice(at..at, tmp.items);
     }
 
     /// Whether nothing (no instruction, jump, label or comment) has been pushed yet.
@@ -161,7 +189,7 @@ impl Asm {
                 bound[*l] = Some(i);
             }
         }
-        let this = Asm { items, labels: self.labels };
+        let this = Asm { items, labels: self.labels, slots: self.slots };
         this.emit(&bound)
     }
 
