@@ -15,4 +15,5 @@ pub mod frontend;
 pub mod lower;
 pub mod resolve;
 pub mod selector;
+pub mod synth;
 pub mod vm;
