@@ -130,7 +130,7 @@ pub fn cluster_yaml(spec: Spec) -> String {
         );
         for _ in 0..n {
             let action = if r.chance(70) { "Allow" } else { "Deny" };
-            let _ = write!(y, "  - action: {action}\n");
+            let _ = writeln!(y, "  - action: {action}");
             port_rule(&mut y, &mut r);
         }
     }
@@ -144,7 +144,7 @@ pub fn cluster_yaml(spec: Spec) -> String {
         );
         for _ in 0..n {
             let action = if r.chance(80) { "Allow" } else { "Deny" };
-            let _ = write!(y, "  - action: {action}\n");
+            let _ = writeln!(y, "  - action: {action}");
             port_rule(&mut y, &mut r);
         }
     }
@@ -159,9 +159,10 @@ pub fn cluster_yaml(spec: Spec) -> String {
             let peer = match r.below(3) {
                 0 => format!("{{podSelector: {{matchLabels: {{app: {}}}}}}}", r.pick(APPS)),
                 1 => format!(
-                    "{{ipBlock: {{cidr: {}, except: [{}]}}}}",
-                    "10.0.0.0/8",
-                    format!("10.{}.{}.0/24", r.below(199), r.below(256))
+                    "{{ipBlock: {{cidr: 10.0.0.0/8, except: [10.{}.{}.0/24]}}}}",
+                    r.below(199),
+                    r.below(256)
+                ), r.below(256))
                 ),
                 _ => format!(
                     "{{podSelector: {{matchExpressions: [{{key: team, operator: In, values: \
