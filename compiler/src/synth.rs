@@ -162,7 +162,6 @@ pub fn cluster_yaml(spec: Spec) -> String {
                     "{{ipBlock: {{cidr: 10.0.0.0/8, except: [10.{}.{}.0/24]}}}}",
                     r.below(199),
                     r.below(256)
-                ), r.below(256))
                 ),
                 _ => format!(
                     "{{podSelector: {{matchExpressions: [{{key: team, operator: In, values: \
