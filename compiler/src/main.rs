@@ -16,6 +16,8 @@ enum Command {
     Compile(polc::compile::CompileArgs),
     /// Explain the verdict for one flow between two endpoints.
     Explain(polc::explain::ExplainArgs),
+    /// Print a deterministic synthetic cluster (policy set on bench/target) for benchmarks.
+    Synth(polc::synth::SynthArgs),
 }
 
 fn main() {
@@ -31,6 +33,7 @@ fn main() {
     let result: Result<(), Error> = match &cli.command {
         Command::Compile(args) => polc::compile::run(args),
         Command::Explain(args) => polc::explain::run(args),
+        Command::Synth(args) => polc::synth::run(args),
     };
     if let Err(e) = result {
         eprintln!("polc: {e}");

@@ -22,6 +22,25 @@ impl Default for Spec {
     }
 }
 
+/// Flags of `polc synth`.
+#[derive(clap::Args, Debug)]
+pub struct SynthArgs {
+    /// Ingress rules selecting bench/target, over all tiers.
+    #[arg(long, default_value_t = 100)]
+    pub rules: usize,
+    /// Pods besides the target.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub pods: u64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// `polc synth`: print the cluster YAML to stdout.
+pub fn run(args: &SynthArgs) -> crate::error::Result<()> {
+    let spec = Spec { rules: args.rules, pods: args.pods as usize, seed: args.seed };
+    crate::error::print_stdout(&cluster_yaml(spec))
+}
+
 /// The target endpoint every generated policy selects.
 pub const TARGET: &str = "bench/target";
 /// Its address.
