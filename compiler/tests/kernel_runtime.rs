@@ -1,6 +1,8 @@
 //! The runtime and a polc-assembled policy-like program together in the kernel: the runtime
-//! tail-calls the program, which reads and writes the per-CPU FlowState; an empty slot
-//! drops (fail closed); a program the verifier rejects reports the verifier log.
+//! (its from-endpoint hook, for an endpoint registered on lo) tail-calls the program, which
+//! reads and writes the per-CPU FlowState; an empty slot drops (fail closed); a program the
+//! verifier rejects reports the verifier log. The full runtime behaviour (parsing,
+//! conntrack, both hooks) is tested in runtime_fastpath.rs.
 //!
 //! Kernel tests: they print `SKIP: ...` without bpf(2) rights, and fail instead with
 //! `POLC_REQUIRE_KERNEL=1`.
@@ -8,7 +10,9 @@
 use std::os::fd::{AsFd, AsRawFd};
 
 use polc::asm::{helper, Asm, Cond, Insn, Reg, Size};
-use polc_abi::{stage, verdict, FlowState, SLOT_FIRST_POLICY, STATE_KEY, TC_ACT_OK, TC_ACT_SHOT};
+use polc_abi::{
+    stage, verdict, Endpoint, FlowState, SLOT_FIRST_POLICY, STATE_KEY, TC_ACT_OK, TC_ACT_SHOT,
+};
 use polc_loader::sys::{self, TestRun};
 use polc_loader::{require_kernel, Runtime};
 
@@ -71,6 +75,18 @@ fn tcp_syn() -> Vec<u8> {
     p
 }
 
+/// Makes lo (ifindex 1, what a test run without ctx sees) an endpoint whose ingress and
+/// egress policies are both in [`SLOT_FIRST_POLICY`].
+fn register_lo(rt: &Runtime) {
+    let ep = Endpoint {
+        endpoint_id: 1,
+        ingress_slot: SLOT_FIRST_POLICY,
+        egress_slot: SLOT_FIRST_POLICY,
+        flags: 0,
+    };
+    rt.set_endpoint(1, &ep).expect("register the endpoint");
+}
+
 /// The FlowStates whose stage is `want`, with their CPU.
 fn states_at(rt: &Runtime, want: u32) -> Vec<(usize, FlowState)> {
     let states = rt.flow_states().expect("read the per-CPU FlowState");
@@ -81,6 +97,7 @@ fn states_at(rt: &Runtime, want: u32) -> Vec<(usize, FlowState)> {
 fn runtime_tail_calls_the_policy_program_and_fails_closed_without_it() {
     require_kernel!();
     let rt = Runtime::load().expect("load the runtime");
+    register_lo(&rt);
     let state_fd = rt.state_map_fd().expect("state map").as_raw_fd();
     let prog = sys::prog_load("polc_t_verdict", &verdict_program(state_fd))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -145,6 +162,7 @@ fn test_run_timing() {
     require_kernel!();
     const REPEAT: u32 = 200_000;
     let rt = Runtime::load().expect("load the runtime");
+    register_lo(&rt);
     let prog = sys::prog_load(
         "polc_t_verdict",
         &verdict_program(rt.state_map_fd().expect("state map").as_raw_fd()),

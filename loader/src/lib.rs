@@ -9,4 +9,4 @@ pub mod runtime;
 pub mod sys;
 
 pub use guard::{kernel_test_guard, Skip, REQUIRE_KERNEL_ENV};
-pub use runtime::{Runtime, RuntimeError, RUNTIME_OBJECT};
+pub use runtime::{Hook, Runtime, RuntimeConfig, RuntimeError, RUNTIME_OBJECT};

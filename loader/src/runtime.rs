@@ -1,17 +1,24 @@
 //! The fixed tc runtime (runtime-ebpf), embedded as a prebuilt object and loaded with aya.
 //!
-//! [`Runtime`] owns the loaded `polc_tc` classifier and its maps, lets callers put raw-loaded
-//! policy programs into prog-array slots, reads the per-CPU scratch state, and runs the
-//! classifier on a packet with `BPF_PROG_TEST_RUN`.
+//! [`Runtime`] owns the loaded classifiers (`polc_from_ep`, `polc_to_ep`, `polc_epilogue`,
+//! the latter already placed in [`polc_abi::SLOT_EPILOGUE`]) and their maps. It lets callers
+//! register endpoints, put raw-loaded policy programs into prog-array slots, read the
+//! per-CPU scratch state, conntrack and drop counters, and run a hook on a packet with
+//! `BPF_PROG_TEST_RUN`.
 
 use std::os::fd::{AsFd, BorrowedFd};
 
 use aya::maps::Map;
 use aya::programs::SchedClassifier;
-use aya::Ebpf;
-use polc_abi::{FlowState, FLOW_STATE_SIZE, MAP_JUMP, MAP_STATE, PROG_TC, STATE_KEY};
+use aya::{Ebpf, EbpfLoader};
+use polc_abi::{
+    ct_timeout, drop_reason, CtEntry, CtKey, Endpoint, FlowState, CT_DEFAULT_ENTRIES,
+    CT_DEFAULT_TIMEOUTS_NS, CT_ENTRY_SIZE, CT_KEY_SIZE, FLOW_STATE_SIZE, GLOBAL_CT_TIMEOUTS,
+    MAP_CT, MAP_DROPS, MAP_EP, MAP_JUMP, MAP_STATE, PROG_EPILOGUE, PROG_FROM_EP, PROG_TO_EP,
+    SLOT_EPILOGUE, STATE_KEY,
+};
 
-use crate::sys::{self, BpfError, TestRun, TestRunOutput};
+use crate::sys::{self, BpfError, TestRun, TestRunOutput, UpdateFlags};
 
 /// The runtime object, built by scripts/build-runtime.sh and committed, so userspace builds
 /// never need nightly or bpf-linker (scripts/check-runtime.sh checks it is fresh).
@@ -37,42 +44,108 @@ pub enum RuntimeError {
     Bpf(#[from] BpfError),
 }
 
-/// The loaded runtime: the `polc_tc` classifier (loaded, not attached) and its maps.
+/// Which tc hook of a pod's host-side veth a classifier serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// tc ingress of the host veth: packets leaving the pod (its egress policy).
+    FromEndpoint,
+    /// tc egress of the host veth: packets going to the pod (its ingress policy).
+    ToEndpoint,
+}
+
+impl Hook {
+    /// The classifier's name in the runtime object.
+    pub fn program_name(self) -> &'static str {
+        match self {
+            Hook::FromEndpoint => PROG_FROM_EP,
+            Hook::ToEndpoint => PROG_TO_EP,
+        }
+    }
+}
+
+/// Load-time settings of the runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Conntrack capacity (LRU: the least recently used entry is evicted when full).
+    pub ct_max_entries: u32,
+    /// Conntrack timeouts in nanoseconds, indexed by [`polc_abi::ct_timeout`].
+    pub ct_timeouts_ns: [u64; ct_timeout::COUNT],
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { ct_max_entries: CT_DEFAULT_ENTRIES, ct_timeouts_ns: CT_DEFAULT_TIMEOUTS_NS }
+    }
+}
+
+/// The loaded runtime: its classifiers (loaded, not attached) and maps.
 #[derive(Debug)]
 pub struct Runtime {
     ebpf: Ebpf,
 }
 
+const PROGRAMS: [&str; 3] = [PROG_FROM_EP, PROG_TO_EP, PROG_EPILOGUE];
+
 impl Runtime {
-    /// Loads [`RUNTIME_OBJECT`]: creates its maps and loads the classifier into the kernel.
+    /// Loads [`RUNTIME_OBJECT`] with the default [`RuntimeConfig`].
     pub fn load() -> Result<Runtime, RuntimeError> {
-        let mut ebpf = Ebpf::load(RUNTIME_OBJECT).map_err(|e| RuntimeError::Load(e.to_string()))?;
-        let prog = ebpf
-            .program_mut(PROG_TC)
-            .ok_or(RuntimeError::Missing { kind: "program", name: PROG_TC })?;
-        let cls: &mut SchedClassifier =
-            prog.try_into().map_err(|e: aya::programs::ProgramError| {
-                RuntimeError::Load(format!("{PROG_TC}: {e}"))
-            })?;
-        cls.load().map_err(|e| RuntimeError::Load(format!("{PROG_TC}: {e}")))?;
+        Runtime::load_with(&RuntimeConfig::default())
+    }
+
+    /// Loads [`RUNTIME_OBJECT`]: creates its maps (conntrack sized and timeouts set from
+    /// `config`), loads the classifiers into the kernel and puts the epilogue into
+    /// [`SLOT_EPILOGUE`].
+    pub fn load_with(config: &RuntimeConfig) -> Result<Runtime, RuntimeError> {
+        if config.ct_max_entries == 0 {
+            return Err(RuntimeError::Load("conntrack max entries must be at least 1".into()));
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_CT, config.ct_max_entries)
+            .override_global(GLOBAL_CT_TIMEOUTS, &config.ct_timeouts_ns, true)
+            .load(RUNTIME_OBJECT)
+            .map_err(|e| RuntimeError::Load(e.to_string()))?;
+        for name in PROGRAMS {
+            let prog =
+                ebpf.program_mut(name).ok_or(RuntimeError::Missing { kind: "program", name })?;
+            let cls: &mut SchedClassifier =
+                prog.try_into().map_err(|e: aya::programs::ProgramError| {
+                    RuntimeError::Load(format!("{name}: {e}"))
+                })?;
+            cls.load().map_err(|e| RuntimeError::Load(format!("{name}: {e}")))?;
+        }
         let rt = Runtime { ebpf };
         // Fail early on a stale object rather than on first use.
-        rt.jump_map_fd()?;
         rt.state_map_fd()?;
+        rt.ep_map_fd()?;
+        rt.ct_map_fd()?;
+        rt.drops_map_fd()?;
+        sys::prog_array_set(rt.jump_map_fd()?, SLOT_EPILOGUE, rt.named_fd(PROG_EPILOGUE)?)?;
         Ok(rt)
     }
 
-    /// The loaded classifier's fd (for test runs and tc attach).
-    pub fn program_fd(&self) -> Result<BorrowedFd<'_>, RuntimeError> {
-        let prog = self
-            .ebpf
-            .program(PROG_TC)
-            .ok_or(RuntimeError::Missing { kind: "program", name: PROG_TC })?;
-        let fd = prog.fd().map_err(|e| RuntimeError::Load(format!("{PROG_TC}: {e}")))?;
+    fn named_fd(&self, name: &'static str) -> Result<BorrowedFd<'_>, RuntimeError> {
+        let prog =
+            self.ebpf.program(name).ok_or(RuntimeError::Missing { kind: "program", name })?;
+        let fd = prog.fd().map_err(|e| RuntimeError::Load(format!("{name}: {e}")))?;
         Ok(fd.as_fd())
     }
 
-    /// The prog array the classifier tail-calls through ([`polc_abi::MAP_JUMP`]).
+    /// The from-endpoint classifier's fd (see [`Runtime::hook_fd`]).
+    pub fn program_fd(&self) -> Result<BorrowedFd<'_>, RuntimeError> {
+        self.hook_fd(Hook::FromEndpoint)
+    }
+
+    /// The classifier of `hook` (for test runs and tc attach).
+    pub fn hook_fd(&self, hook: Hook) -> Result<BorrowedFd<'_>, RuntimeError> {
+        self.named_fd(hook.program_name())
+    }
+
+    /// The epilogue classifier (already in [`SLOT_EPILOGUE`]).
+    pub fn epilogue_fd(&self) -> Result<BorrowedFd<'_>, RuntimeError> {
+        self.named_fd(PROG_EPILOGUE)
+    }
+
+    /// The prog array the classifiers tail-call through ([`polc_abi::MAP_JUMP`]).
     pub fn jump_map_fd(&self) -> Result<BorrowedFd<'_>, RuntimeError> {
         match self.ebpf.map(MAP_JUMP) {
             Some(Map::ProgramArray(data)) => Ok(data.fd().as_fd()),
@@ -89,6 +162,30 @@ impl Runtime {
         }
     }
 
+    /// The endpoint map ([`polc_abi::MAP_EP`]: ifindex -> [`Endpoint`]).
+    pub fn ep_map_fd(&self) -> Result<BorrowedFd<'_>, RuntimeError> {
+        match self.ebpf.map(MAP_EP) {
+            Some(Map::HashMap(data)) => Ok(data.fd().as_fd()),
+            _ => Err(RuntimeError::Missing { kind: "map", name: MAP_EP }),
+        }
+    }
+
+    /// The conntrack map ([`polc_abi::MAP_CT`]: [`CtKey`] -> [`CtEntry`]).
+    pub fn ct_map_fd(&self) -> Result<BorrowedFd<'_>, RuntimeError> {
+        match self.ebpf.map(MAP_CT) {
+            Some(Map::LruHashMap(data)) => Ok(data.fd().as_fd()),
+            _ => Err(RuntimeError::Missing { kind: "map", name: MAP_CT }),
+        }
+    }
+
+    /// The per-CPU drop counters ([`polc_abi::MAP_DROPS`]).
+    pub fn drops_map_fd(&self) -> Result<BorrowedFd<'_>, RuntimeError> {
+        match self.ebpf.map(MAP_DROPS) {
+            Some(Map::PerCpuArray(data)) => Ok(data.fd().as_fd()),
+            _ => Err(RuntimeError::Missing { kind: "map", name: MAP_DROPS }),
+        }
+    }
+
     /// Puts a (raw-loaded, SCHED_CLS) program into prog-array slot `slot`.
     pub fn set_slot(&self, slot: u32, prog: BorrowedFd<'_>) -> Result<(), RuntimeError> {
         Ok(sys::prog_array_set(self.jump_map_fd()?, slot, prog)?)
@@ -97,6 +194,69 @@ impl Runtime {
     /// Empties prog-array slot `slot`; returns whether it held a program.
     pub fn clear_slot(&self, slot: u32) -> Result<bool, RuntimeError> {
         Ok(sys::prog_array_clear(self.jump_map_fd()?, slot)?)
+    }
+
+    /// Makes the interface `ifindex` a polc endpoint (or updates it).
+    pub fn set_endpoint(&self, ifindex: u32, ep: &Endpoint) -> Result<(), RuntimeError> {
+        let fd = self.ep_map_fd()?;
+        Ok(sys::map_update(fd, &ifindex.to_ne_bytes(), &ep.to_bytes(), UpdateFlags::Any)?)
+    }
+
+    /// Removes the endpoint on `ifindex`; returns whether there was one.
+    pub fn remove_endpoint(&self, ifindex: u32) -> Result<bool, RuntimeError> {
+        Ok(sys::map_delete(self.ep_map_fd()?, &ifindex.to_ne_bytes())?)
+    }
+
+    /// The conntrack entry of `key`, if any (expired entries included: expiry is decided
+    /// by the runtime against the entry's `last_seen_ns`).
+    pub fn ct_lookup(&self, key: &CtKey) -> Result<Option<CtEntry>, RuntimeError> {
+        let Some(bytes) = sys::map_lookup(self.ct_map_fd()?, &key.to_bytes())? else {
+            return Ok(None);
+        };
+        Ok(Some(CtEntry::from_bytes(&ct_entry_bytes(&bytes)?)))
+    }
+
+    /// Creates or replaces a conntrack entry (e.g. to age one in a test).
+    pub fn ct_update(&self, key: &CtKey, entry: &CtEntry) -> Result<(), RuntimeError> {
+        let fd = self.ct_map_fd()?;
+        Ok(sys::map_update(fd, &key.to_bytes(), &entry.to_bytes(), UpdateFlags::Any)?)
+    }
+
+    /// Every conntrack entry, in the map's iteration order.
+    pub fn ct_entries(&self) -> Result<Vec<(CtKey, CtEntry)>, RuntimeError> {
+        let fd = self.ct_map_fd()?;
+        let mut out = Vec::new();
+        let mut prev: Option<Vec<u8>> = None;
+        while let Some(k) = sys::map_next_key(fd, prev.as_deref())? {
+            let key: [u8; CT_KEY_SIZE] = k.as_slice().try_into().map_err(|_| {
+                BpfError::Invalid(format!(
+                    "{MAP_CT} key is {} bytes, expected {CT_KEY_SIZE}",
+                    k.len()
+                ))
+            })?;
+            // An entry evicted between the two calls is skipped.
+            if let Some(v) = sys::map_lookup(fd, &key)? {
+                out.push((CtKey::from_bytes(&key), CtEntry::from_bytes(&ct_entry_bytes(&v)?)));
+            }
+            prev = Some(k);
+        }
+        Ok(out)
+    }
+
+    /// The drop counters summed over CPUs, indexed by [`polc_abi::drop_reason`].
+    pub fn drop_counts(&self) -> Result<Vec<u64>, RuntimeError> {
+        let fd = self.drops_map_fd()?;
+        let mut sums = vec![0u64; drop_reason::COUNT as usize];
+        for (reason, sum) in (0u32..).zip(sums.iter_mut()) {
+            let per_cpu = sys::map_lookup_percpu(fd, &reason.to_ne_bytes())?.unwrap_or_default();
+            for v in per_cpu {
+                let b: [u8; 8] = v.as_slice().try_into().map_err(|_| {
+                    BpfError::Invalid(format!("{MAP_DROPS} value is {} bytes, expected 8", v.len()))
+                })?;
+                *sum += u64::from_ne_bytes(b);
+            }
+        }
+        Ok(sums)
     }
 
     /// The scratch state of every possible CPU (index = CPU number).
@@ -117,13 +277,29 @@ impl Runtime {
             .collect()
     }
 
-    /// Runs the classifier on `run.data` with `BPF_PROG_TEST_RUN` (on the calling CPU).
+    /// Runs the from-endpoint classifier on `run.data` (see [`Runtime::test_run_hook`]).
     pub fn test_run(&self, run: &TestRun<'_>) -> Result<TestRunOutput, RuntimeError> {
-        Ok(sys::prog_test_run(self.program_fd()?, run)?)
+        self.test_run_hook(Hook::FromEndpoint, run)
+    }
+
+    /// Runs the classifier of `hook` on `run.data` with `BPF_PROG_TEST_RUN` (on the calling
+    /// CPU). Without a context the packet is seen on ifindex 1 (lo).
+    pub fn test_run_hook(
+        &self,
+        hook: Hook,
+        run: &TestRun<'_>,
+    ) -> Result<TestRunOutput, RuntimeError> {
+        Ok(sys::prog_test_run(self.hook_fd(hook)?, run)?)
     }
 
     /// The underlying aya object, e.g. to attach the classifier or pin maps.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
+}
+
+fn ct_entry_bytes(v: &[u8]) -> Result<[u8; CT_ENTRY_SIZE], BpfError> {
+    v.try_into().map_err(|_| {
+        BpfError::Invalid(format!("{MAP_CT} value is {} bytes, expected {CT_ENTRY_SIZE}", v.len()))
+    })
 }

@@ -665,6 +665,32 @@ pub fn prog_array_clear(prog_array: BorrowedFd<'_>, slot: u32) -> Result<bool, B
     map_delete(prog_array, &slot.to_ne_bytes())
 }
 
+/// `BPF_MAP_GET_NEXT_KEY`: the key after `key` in the map's iteration order, or the first
+/// key if `key` is `None`; `None` at the end. Used to list hash maps (e.g. conntrack).
+pub fn map_next_key(map: BorrowedFd<'_>, key: Option<&[u8]>) -> Result<Option<Vec<u8>>, BpfError> {
+    const MAP_GET_NEXT_KEY: i64 = 4;
+    let info = map_info(map)?;
+    if let Some(k) = key {
+        if k.len() != info.key_size as usize {
+            return Err(size_mismatch("key", k.len(), info.key_size as usize));
+        }
+    }
+    let mut next = vec![0u8; info.key_size as usize];
+    let mut attr = MapElemAttr {
+        map_fd: fd_u32(map),
+        key: key.map_or(0, |k| ptr(k.as_ptr())),
+        // For this command the union's third field is `next_key`.
+        value: ptr(next.as_mut_ptr()),
+        ..Default::default()
+    };
+    // SAFETY: key is null or has the map's key size; next has room for one key.
+    match unsafe { bpf(MAP_GET_NEXT_KEY, &mut attr) } {
+        Ok(_) => Ok(Some(next)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(source) => Err(BpfError::Syscall { op: "BPF_MAP_GET_NEXT_KEY", source }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

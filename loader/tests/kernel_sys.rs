@@ -135,7 +135,11 @@ fn runtime_fails_closed_with_an_empty_slot() {
     require_kernel!();
     let rt = Runtime::load().unwrap();
     rt.clear_slot(polc_abi::SLOT_FIRST_POLICY).unwrap();
-    let packet = [0u8; 64];
+    // The packet must come from a registered endpoint (lo, ifindex 1, as test runs see it)
+    // and parse, or the runtime would pass it (not ours) or drop it as malformed.
+    let ep = polc_abi::Endpoint { endpoint_id: 1, ingress_slot: 0, egress_slot: 0, flags: 0 };
+    rt.set_endpoint(1, &ep).unwrap();
+    let packet = ipv4_udp_packet();
     let out = rt.test_run(&TestRun { data: &packet, ctx: None, repeat: 1 }).unwrap();
     assert_eq!(out.retval as i32, polc_abi::TC_ACT_SHOT);
     let states = rt.flow_states().unwrap();
@@ -143,4 +147,18 @@ fn runtime_fails_closed_with_an_empty_slot() {
     assert_eq!(touched.len(), 1, "{states:?}");
     assert_eq!(touched[0].rule_id, polc_abi::RULE_ID_NONE);
     assert_eq!(touched[0].verdict, polc_abi::verdict::UNSET);
+}
+
+/// Ethernet + IPv4 (checksum valid) + UDP 10.0.0.1:1000 -> 10.0.0.2:53, 8 payload bytes.
+fn ipv4_udp_packet() -> Vec<u8> {
+    let mut p = vec![0u8; 14];
+    p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = [0x45u8, 0, 0, 36, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+    let sum: u32 = ip.chunks(2).map(|w| u16::from_be_bytes([w[0], w[1]]) as u32).sum();
+    let folded = (sum & 0xffff) + (sum >> 16);
+    ip[10..12].copy_from_slice(&(!(folded as u16)).to_be_bytes());
+    p.extend_from_slice(&ip);
+    p.extend_from_slice(&[0x03, 0xe8, 0x00, 0x35, 0x00, 0x10, 0x00, 0x00]);
+    p.extend_from_slice(&[0u8; 8]);
+    p
 }

@@ -1,19 +1,37 @@
-//! polc's tc fast path: fills the per-CPU scratch state and tail-calls the policy program.
+//! polc's tc fast path: two classifiers on each pod's host-side veth and an epilogue.
 //!
-//! This first version parses nothing: it resets the scratch record, marks the stage, and
-//! tail-calls the first policy slot. If the slot is empty (or the tail call fails for any
-//! other reason) the packet is dropped: the fast path fails closed.
+//! - `polc_from_ep` (tc ingress of the host veth: packets leaving the pod) and `polc_to_ep`
+//!   (tc egress: packets to the pod) parse the packet and look it up in conntrack. A usable
+//!   entry approved for the local endpoint's role forwards the packet (one map lookup). On a
+//!   miss they fill the per-CPU [`FlowState`] and tail-call the endpoint's policy program.
+//! - The policy program writes its verdict and tail-calls `polc_epilogue`, which records
+//!   the approval in conntrack and forwards, or drops.
+//!
+//! Interfaces without an entry in `POLC_EP` are not polc endpoints: their packets pass.
+//! Everything that fails (empty policy slot, malformed packet) drops and is counted.
 #![no_std]
 #![no_main]
+// Keys and values go to map helpers by reference: no copies on the 512-byte stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
+
+mod conntrack;
+mod parse;
 
 use aya_ebpf::{
-    btf_maps::{PerCpuArray, ProgramArray},
+    btf_maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    helpers::bpf_ktime_get_ns,
     macros::{btf_map, classifier},
     programs::TcContext,
 };
-use polc_abi::{FlowState, JUMP_ENTRIES, RULE_ID_NONE, SLOT_FIRST_POLICY, STATE_KEY};
+use polc_abi::{
+    ct_approved, direction, drop_reason, stage, verdict, CtEntry, CtKey, Endpoint, FlowState,
+    CT_DEFAULT_ENTRIES, EP_ENTRIES, JUMP_ENTRIES, RULE_ID_NONE, STATE_KEY, TC_ACT_OK, TC_ACT_SHOT,
+};
 
-// The static names are the map names userspace looks up (polc_abi::MAP_JUMP / MAP_STATE).
+use conntrack::{Hook, KeyBuf};
+use parse::Stop;
+
+// The static names are the map names userspace looks up (polc_abi::MAP_*).
 #[btf_map]
 static POLC_JUMP: ProgramArray<{ JUMP_ENTRIES as usize }> = ProgramArray::new();
 
@@ -21,40 +39,191 @@ static POLC_JUMP: ProgramArray<{ JUMP_ENTRIES as usize }> = ProgramArray::new();
 static POLC_STATE: PerCpuArray<FlowState, { polc_abi::STATE_ENTRIES as usize }> =
     PerCpuArray::new();
 
+#[btf_map]
+static POLC_EP: HashMap<u32, Endpoint, { EP_ENTRIES as usize }> = HashMap::new();
+
+#[btf_map]
+static POLC_CT: LruHashMap<CtKey, CtEntry, { CT_DEFAULT_ENTRIES as usize }> = LruHashMap::new();
+
+#[btf_map]
+static POLC_DROPS: PerCpuArray<u64, { drop_reason::COUNT as usize }> = PerCpuArray::new();
+
+/// Packets leaving the pod: the endpoint's egress policy.
 #[classifier]
-pub fn polc_tc(ctx: TcContext) -> i32 {
-    if let Some(state) = POLC_STATE.get_ptr_mut(STATE_KEY) {
-        // SAFETY: the pointer comes from a successful map lookup of this CPU's slot, which
-        // is valid, 8-byte aligned and exclusively ours while the program runs.
-        unsafe { reset_state(state) };
-        // SAFETY: on success the tail call does not return; on failure we fall through.
-        unsafe { POLC_JUMP.tail_call(&ctx, SLOT_FIRST_POLICY) };
-    }
-    polc_abi::TC_ACT_SHOT
+pub fn polc_from_ep(ctx: TcContext) -> i32 {
+    handle(&ctx, Hook::FromEp)
 }
 
-/// Clears the scratch record and marks it as filled by the runtime, with no verdict yet.
-///
-/// Volatile word stores keep LLVM from turning the clear into a `memset` call (a BPF
-/// subprogram call we do not want in the fast path).
-///
-/// # Safety
-/// `state` must point to a valid, 8-byte aligned `FlowState`.
+/// Packets going to the pod: the endpoint's ingress policy.
+#[classifier]
+pub fn polc_to_ep(ctx: TcContext) -> i32 {
+    handle(&ctx, Hook::ToEp)
+}
+
+/// Counts a drop under `reason` and returns `TC_ACT_SHOT`.
 #[inline(always)]
-unsafe fn reset_state(state: *mut FlowState) {
-    let words = state.cast::<u64>();
-    let mut i = 0;
-    while i < polc_abi::FLOW_STATE_SIZE / 8 {
-        // SAFETY: `i * 8 < FLOW_STATE_SIZE`, inside the record.
-        unsafe { words.add(i).write_volatile(0) };
-        i += 1;
+fn drop_packet(reason: u32) -> i32 {
+    if let Some(c) = POLC_DROPS.get_ptr_mut(reason) {
+        // SAFETY: this CPU's counter, valid while the program runs.
+        unsafe { *c += 1 };
     }
-    // SAFETY: fields of the valid record.
+    TC_ACT_SHOT
+}
+
+#[inline(always)]
+fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: the context is the kernel's __sk_buff for this program.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+#[inline(always)]
+fn endpoint(ctx: &TcContext) -> Option<*const Endpoint> {
+    POLC_EP.get_ptr(ifindex(ctx))
+}
+
+#[inline(always)]
+fn handle(ctx: &TcContext, hook: Hook) -> i32 {
+    // The packet is parsed into this CPU's scratch record: it is what the policy program
+    // reads on a miss, and the stack is too small for a second copy.
+    let Some(state) = POLC_STATE.get_ptr_mut(STATE_KEY) else {
+        return drop_packet(drop_reason::NO_STATE);
+    };
+    // SAFETY: this CPU's scratch record, valid and exclusively ours while the program (and
+    // the programs it tail-calls) run.
+    let st = unsafe { &mut *state };
+    let l4 = match parse::parse(ctx, st) {
+        Ok(l4) => l4,
+        Err(Stop::Pass) => return TC_ACT_OK,
+        // Only polc endpoints enforce anything, bad packets included.
+        Err(Stop::Drop(reason)) => {
+            return if endpoint(ctx).is_some() { drop_packet(reason) } else { TC_ACT_OK };
+        }
+    };
+    let mut key = KeyBuf(CtKey::default());
+    // SAFETY: `st` is a map value (8-aligned).
+    let src_is_lo = unsafe { conntrack::flow_key(&mut key, st) };
+    let key = &key.0;
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // The fast path: one lookup.
+    if let Some(e) = POLC_CT.get_ptr_mut(key) {
+        // SAFETY: a live entry of the map; concurrent updates only race on plain fields.
+        let e = unsafe { &mut *e };
+        let forward = (e.orig_is_lo != 0) == src_is_lo;
+        if conntrack::usable(e, st.protocol, st.tcp_flags, now)
+            && e.approved & conntrack::role_bit(hook, forward) != 0
+        {
+            e.last_seen_ns = now;
+            if st.protocol == parse::IPPROTO_TCP {
+                e.state = conntrack::next_state(e.state, st.tcp_flags, forward);
+            }
+            return TC_ACT_OK;
+        }
+    }
+    if l4.icmp_error && related(ctx, st.family, &l4, now) {
+        return TC_ACT_OK;
+    }
+    let Some(ep) = endpoint(ctx) else { return TC_ACT_OK };
+    // SAFETY: a live map value.
+    let ep = unsafe { *ep };
+    let (dir, slot) = match hook {
+        Hook::FromEp => (direction::EGRESS, ep.egress_slot),
+        Hook::ToEp => (direction::INGRESS, ep.ingress_slot),
+    };
+    st.direction = dir;
+    // SAFETY: fields of the record; volatile keeps LLVM from a memset call.
     unsafe {
-        (*state).verdict = polc_abi::verdict::UNSET;
-        (*state).rule_id = RULE_ID_NONE;
-        (*state).stage = polc_abi::stage::RUNTIME;
+        let pad = core::ptr::addr_of_mut!(st._pad0).cast::<u8>();
+        pad.write_volatile(0);
+        pad.add(1).write_volatile(0);
+        pad.add(2).write_volatile(0);
     }
+    st.endpoint_id = ep.endpoint_id;
+    // No verdict yet: a policy program that does not decide denies.
+    st.verdict = verdict::UNSET;
+    st.rule_id = RULE_ID_NONE;
+    st.stage = stage::RUNTIME;
+    st.resume = 0;
+    st._pad1 = 0;
+    st._pad2 = 0;
+    st.ifindex = ifindex(ctx);
+    st._pad3 = 0;
+    // SAFETY: on success the tail call does not return.
+    unsafe { POLC_JUMP.tail_call(ctx, slot) };
+    drop_packet(drop_reason::NO_POLICY)
+}
+
+/// An ICMP error about a tracked, approved, unexpired flow is allowed without policy.
+#[inline(always)]
+fn related(ctx: &TcContext, fam: u8, l4: &parse::L4, now: u64) -> bool {
+    let Some((protocol, ends)) = parse::parse_quoted(ctx, fam, l4) else { return false };
+    let mut key = KeyBuf(CtKey::default());
+    conntrack::fill_key(&mut key, fam, protocol, &ends);
+    match POLC_CT.get_ptr(&key.0) {
+        // SAFETY: a live map value.
+        Some(e) => unsafe { (*e).approved != 0 && conntrack::usable(&*e, protocol, 0, now) },
+        None => false,
+    }
+}
+
+/// Tail-called by a policy program after it wrote its verdict.
+#[classifier]
+pub fn polc_epilogue(_ctx: TcContext) -> i32 {
+    let Some(state) = POLC_STATE.get_ptr_mut(STATE_KEY) else {
+        return drop_packet(drop_reason::NO_STATE);
+    };
+    // SAFETY: this CPU's scratch record.
+    let st = unsafe { &mut *state };
+    st.stage = stage::EPILOGUE;
+    match st.verdict {
+        verdict::ALLOW => {}
+        verdict::DENY => return drop_packet(drop_reason::POLICY_DENY),
+        _ => return drop_packet(drop_reason::NO_VERDICT),
+    }
+    let hook = if st.direction == direction::EGRESS { Hook::FromEp } else { Hook::ToEp };
+    let mut key = KeyBuf(CtKey::default());
+    // SAFETY: `st` is a map value (8-aligned).
+    let src_is_lo = unsafe { conntrack::flow_key(&mut key, st) };
+    let key = &key.0;
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(e) = POLC_CT.get_ptr_mut(key) {
+        // SAFETY: a live map value.
+        let e = unsafe { &mut *e };
+        let forward = (e.orig_is_lo != 0) == src_is_lo;
+        // Add this side's approval to a live entry of the same orientation (the second
+        // hook of a pod-to-pod flow). A reply-direction packet that needed policy starts a
+        // new entry in its own orientation instead (below).
+        if forward && conntrack::usable(e, st.protocol, st.tcp_flags, now) {
+            let bit = conntrack::role_bit(hook, true);
+            e.approved |= bit;
+            if bit == ct_approved::ORIG {
+                e.orig_rule = st.rule_id;
+            } else {
+                e.resp_rule = st.rule_id;
+            }
+            e.last_seen_ns = now;
+            if st.protocol == parse::IPPROTO_TCP {
+                e.state = conntrack::next_state(e.state, st.tcp_flags, true);
+            }
+            return TC_ACT_OK;
+        }
+    }
+    let bit = conntrack::role_bit(hook, true);
+    let entry = CtEntry {
+        last_seen_ns: now,
+        state: conntrack::initial_state(st.protocol, st.tcp_flags),
+        orig_is_lo: src_is_lo as u8,
+        approved: bit,
+        _pad: 0,
+        orig_rule: if bit == ct_approved::ORIG { st.rule_id } else { RULE_ID_NONE },
+        resp_rule: if bit == ct_approved::RESP { st.rule_id } else { RULE_ID_NONE },
+        _pad2: 0,
+    };
+    // A failed insert (cannot happen with an LRU map short of memory pressure) still
+    // forwards: the policy allowed the packet; the next one goes through policy again.
+    let _ = POLC_CT.insert(key, &entry, 0);
+    TC_ACT_OK
 }
 
 #[cfg(not(test))]

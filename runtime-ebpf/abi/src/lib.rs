@@ -31,8 +31,18 @@ pub mod tc_act {
 
 pub use tc_act::{OK as TC_ACT_OK, SHOT as TC_ACT_SHOT};
 
-/// Name of the runtime's tc classifier program in the ELF object.
-pub const PROG_TC: &str = "polc_tc";
+/// Name of the runtime's classifier for packets leaving a pod: attached at tc INGRESS of
+/// the pod's host-side veth; the endpoint's EGRESS policy applies.
+pub const PROG_FROM_EP: &str = "polc_from_ep";
+/// Name of the runtime's classifier for packets going to a pod: attached at tc EGRESS of
+/// the pod's host-side veth; the endpoint's INGRESS policy applies.
+pub const PROG_TO_EP: &str = "polc_to_ep";
+/// Name of the runtime's epilogue classifier, which the loader puts into
+/// [`SLOT_EPILOGUE`]: conntrack create + forward on ALLOW, drop otherwise.
+pub const PROG_EPILOGUE: &str = "polc_epilogue";
+/// The runtime's default entry point (kept for callers that test one hook):
+/// [`PROG_FROM_EP`].
+pub const PROG_TC: &str = PROG_FROM_EP;
 
 /// Name of the prog array the runtime tail-calls through (`BPF_MAP_TYPE_PROG_ARRAY`).
 ///
@@ -41,6 +51,23 @@ pub const PROG_TC: &str = "polc_tc";
 pub const MAP_JUMP: &str = "POLC_JUMP";
 /// Name of the per-CPU scratch map (`BPF_MAP_TYPE_PERCPU_ARRAY`, one [`FlowState`] entry).
 pub const MAP_STATE: &str = "POLC_STATE";
+
+/// Name of the endpoint map (`BPF_MAP_TYPE_HASH`): key = ifindex of the pod's host-side
+/// interface (u32), value = [`Endpoint`].
+pub const MAP_EP: &str = "POLC_EP";
+/// Name of the conntrack map (`BPF_MAP_TYPE_LRU_HASH`): key = [`CtKey`], value = [`CtEntry`].
+pub const MAP_CT: &str = "POLC_CT";
+/// Name of the per-CPU drop counters (`BPF_MAP_TYPE_PERCPU_ARRAY` of u64, indexed by
+/// [`drop_reason`]).
+pub const MAP_DROPS: &str = "POLC_DROPS";
+/// Name of the runtime's read-only global holding the conntrack timeouts
+/// (`[u64; CT_TIMEOUT_COUNT]`, nanoseconds, indexed by [`ct_timeout`]); set at load time.
+pub const GLOBAL_CT_TIMEOUTS: &str = "POLC_CT_TIMEOUTS";
+
+/// Number of entries in [`MAP_EP`] (endpoints per node).
+pub const EP_ENTRIES: u32 = 4096;
+/// Default number of entries in [`MAP_CT`]; the loader may change it at load time.
+pub const CT_DEFAULT_ENTRIES: u32 = 512 * 1024;
 
 /// Number of slots in [`MAP_JUMP`].
 pub const JUMP_ENTRIES: u32 = 1024;
@@ -145,6 +172,22 @@ pub struct FlowState {
     /// the first part (the runtime zeroes it), then written by the part that tail-calls the
     /// next (see the compiler's codegen). Other programs leave it alone.
     pub resume: u32,
+    /// Appended by the runtime for its epilogue: the TCP flags byte (FIN 0x01, SYN 0x02,
+    /// RST 0x04, ACK 0x10), 0 for other protocols.
+    pub tcp_flags: u8,
+    /// Reserved, zero.
+    pub _pad1: u8,
+    /// The source "port" of the conntrack key (host order): the L4 source port, the ICMP
+    /// echo identifier, or 0.
+    pub ct_src_port: u16,
+    /// The destination "port" of the conntrack key (host order), like `ct_src_port`.
+    pub ct_dst_port: u16,
+    /// Reserved, zero.
+    pub _pad2: u16,
+    /// The ifindex the packet was seen on.
+    pub ifindex: u32,
+    /// Reserved, zero.
+    pub _pad3: u32,
 }
 
 impl FlowState {
@@ -174,6 +217,13 @@ impl FlowState {
             rule_id: u32_at(FLOW_RULE_ID),
             stage: u32_at(FLOW_STAGE),
             resume: u32_at(FLOW_RESUME),
+            tcp_flags: b[FLOW_TCP_FLAGS],
+            _pad1: b[FLOW_TCP_FLAGS + 1],
+            ct_src_port: u16_at(FLOW_CT_SRC_PORT),
+            ct_dst_port: u16_at(FLOW_CT_DST_PORT),
+            _pad2: u16_at(FLOW_CT_DST_PORT + 2),
+            ifindex: u32_at(FLOW_IFINDEX),
+            _pad3: u32_at(FLOW_IFINDEX + 4),
         }
     }
 
@@ -196,6 +246,13 @@ impl FlowState {
         b[FLOW_RULE_ID..FLOW_RULE_ID + 4].copy_from_slice(&self.rule_id.to_ne_bytes());
         b[FLOW_STAGE..FLOW_STAGE + 4].copy_from_slice(&self.stage.to_ne_bytes());
         b[FLOW_RESUME..FLOW_RESUME + 4].copy_from_slice(&self.resume.to_ne_bytes());
+        b[FLOW_TCP_FLAGS] = self.tcp_flags;
+        b[FLOW_TCP_FLAGS + 1] = self._pad1;
+        b[FLOW_CT_SRC_PORT..FLOW_CT_SRC_PORT + 2].copy_from_slice(&self.ct_src_port.to_ne_bytes());
+        b[FLOW_CT_DST_PORT..FLOW_CT_DST_PORT + 2].copy_from_slice(&self.ct_dst_port.to_ne_bytes());
+        b[FLOW_CT_DST_PORT + 2..FLOW_CT_DST_PORT + 4].copy_from_slice(&self._pad2.to_ne_bytes());
+        b[FLOW_IFINDEX..FLOW_IFINDEX + 4].copy_from_slice(&self.ifindex.to_ne_bytes());
+        b[FLOW_IFINDEX + 4..FLOW_IFINDEX + 8].copy_from_slice(&self._pad3.to_ne_bytes());
         b
     }
 }
@@ -215,10 +272,313 @@ pub const FLOW_VERDICT: usize = 48;
 pub const FLOW_RULE_ID: usize = 52;
 pub const FLOW_STAGE: usize = 56;
 pub const FLOW_RESUME: usize = 60;
+pub const FLOW_TCP_FLAGS: usize = 64;
+pub const FLOW_CT_SRC_PORT: usize = 66;
+pub const FLOW_CT_DST_PORT: usize = 68;
+pub const FLOW_IFINDEX: usize = 72;
 /// Size of [`FlowState`] in bytes (the value size of [`MAP_STATE`]).
-pub const FLOW_STATE_SIZE: usize = 64;
+pub const FLOW_STATE_SIZE: usize = 80;
+
+/// TCP header flag bits, as in [`FlowState::tcp_flags`].
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+/// The value of [`MAP_EP`]: what the runtime knows about the pod behind an interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The endpoint's id, copied into [`FlowState::endpoint_id`].
+    pub endpoint_id: u32,
+    /// [`MAP_JUMP`] slot of the endpoint's ingress policy (traffic to the pod).
+    pub ingress_slot: u32,
+    /// [`MAP_JUMP`] slot of the endpoint's egress policy (traffic from the pod).
+    pub egress_slot: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+}
+
+/// Size of [`Endpoint`] in bytes (the value size of [`MAP_EP`]).
+pub const ENDPOINT_SIZE: usize = 16;
+
+impl Endpoint {
+    /// The record's in-memory bytes (native byte order), for a map update.
+    pub fn to_bytes(&self) -> [u8; ENDPOINT_SIZE] {
+        let mut b = [0u8; ENDPOINT_SIZE];
+        b[0..4].copy_from_slice(&self.endpoint_id.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.ingress_slot.to_ne_bytes());
+        b[8..12].copy_from_slice(&self.egress_slot.to_ne_bytes());
+        b[12..16].copy_from_slice(&self.flags.to_ne_bytes());
+        b
+    }
+}
+
+/// Why the runtime dropped a packet: the index into [`MAP_DROPS`].
+pub mod drop_reason {
+    /// The packet ends before a header it announces (Ethernet, IP, extension, L4).
+    pub const TRUNCATED: u32 = 0;
+    /// An IP header with a wrong version, a too-short IHL or an inconsistent length.
+    pub const MALFORMED: u32 = 1;
+    /// More IPv6 extension headers than the runtime walks (`IPV6_MAX_EXT_HEADERS`).
+    pub const IPV6_EXT_LIMIT: u32 = 2;
+    /// A non-first IP fragment: it has no L4 header to match policy or conntrack on.
+    pub const FRAGMENT: u32 = 3;
+    /// An Ethernet type other than IPv4, IPv6 and ARP.
+    pub const ETHERTYPE: u32 = 4;
+    /// The tail call to the endpoint's policy program failed (empty slot): fail closed.
+    pub const NO_POLICY: u32 = 5;
+    /// The policy program's verdict was DENY.
+    pub const POLICY_DENY: u32 = 6;
+    /// The policy program wrote no verdict (or an unknown one).
+    pub const NO_VERDICT: u32 = 7;
+    /// The per-CPU scratch record could not be looked up (cannot happen with a loaded map).
+    pub const NO_STATE: u32 = 8;
+    /// The tail call to the epilogue failed; counted by nobody in the runtime (the policy
+    /// program drops), reserved for generated code.
+    pub const NO_EPILOGUE: u32 = 9;
+    /// Number of counters in [`super::MAP_DROPS`] (room for more reasons).
+    pub const COUNT: u32 = 16;
+    /// Short names, by reason, for status output.
+    pub const NAMES: [&str; 10] = [
+        "truncated",
+        "malformed",
+        "ipv6_ext_limit",
+        "fragment",
+        "ethertype",
+        "no_policy",
+        "policy_deny",
+        "no_verdict",
+        "no_state",
+        "no_epilogue",
+    ];
+}
+
+/// Maximum number of IPv6 extension headers the parser walks before giving up (drop).
+pub const IPV6_MAX_EXT_HEADERS: u32 = 8;
+
+/// [`CtEntry::state`] values. TCP uses SYN_SENT..CLOSED; other protocols use OPEN.
+pub mod ct_state {
+    /// A pseudo-flow of a protocol without connection state (UDP, ICMP, SCTP, other).
+    pub const OPEN: u8 = 0;
+    /// The originator sent a SYN.
+    pub const SYN_SENT: u8 = 1;
+    /// The responder answered with SYN+ACK.
+    pub const SYN_RECV: u8 = 2;
+    /// The originator acknowledged the SYN+ACK (or the flow was picked up mid-stream).
+    pub const ESTABLISHED: u8 = 3;
+    /// A FIN was seen (either side).
+    pub const FIN_WAIT: u8 = 4;
+    /// A RST was seen.
+    pub const CLOSED: u8 = 5;
+}
+
+/// [`CtEntry::approved`] bits: whose policy allowed the connection. A packet is forwarded
+/// on the fast path only if the bit of the local endpoint's role is set (see docs/runtime.md).
+pub mod ct_approved {
+    /// The originator's egress policy allowed it (set at the originator's from-endpoint hook).
+    pub const ORIG: u8 = 1;
+    /// The responder's ingress policy allowed it (set at the responder's to-endpoint hook).
+    pub const RESP: u8 = 2;
+}
+
+/// Indexes of the conntrack timeouts in [`GLOBAL_CT_TIMEOUTS`].
+pub mod ct_timeout {
+    /// TCP before the handshake completes (SYN_SENT, SYN_RECV).
+    pub const TCP_SYN: usize = 0;
+    /// TCP established.
+    pub const TCP_ESTABLISHED: usize = 1;
+    /// TCP after a FIN.
+    pub const TCP_FIN: usize = 2;
+    /// TCP after a RST.
+    pub const TCP_RST: usize = 3;
+    /// UDP.
+    pub const UDP: usize = 4;
+    /// ICMP and ICMPv6.
+    pub const ICMP: usize = 5;
+    /// Any other protocol (SCTP included).
+    pub const OTHER: usize = 6;
+    /// Number of slots (one spare).
+    pub const COUNT: usize = 8;
+}
+
+const SEC: u64 = 1_000_000_000;
+
+/// Default conntrack timeouts in nanoseconds, indexed by [`ct_timeout`]: Calico's eBPF
+/// dataplane defaults (FelixConfiguration `bpfConntrackTimeouts`): TCP pre-established
+/// 20 s, established 1 h, FINs seen 30 s, RST seen 40 s, UDP 60 s, ICMP 5 s, other 10 min.
+pub const CT_DEFAULT_TIMEOUTS_NS: [u64; ct_timeout::COUNT] =
+    [20 * SEC, 3600 * SEC, 30 * SEC, 40 * SEC, 60 * SEC, 5 * SEC, 600 * SEC, 600 * SEC];
+
+/// The key of [`MAP_CT`]: a flow normalised so both directions give the same key. The
+/// (address, port) pair that compares lower (addresses as two native-endian u64 words,
+/// then ports) is `lo`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    /// The lower side's address, network order (IPv4 in bytes 0..4).
+    pub addr_lo: [u8; 16],
+    /// The higher side's address.
+    pub addr_hi: [u8; 16],
+    /// The lower side's port (host order; ICMP echo id or 0 without ports).
+    pub port_lo: u16,
+    /// The higher side's port.
+    pub port_hi: u16,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// [`family`] value.
+    pub family: u8,
+    /// Reserved, zero.
+    pub _pad: [u8; 2],
+}
+
+/// Size of [`CtKey`] in bytes.
+pub const CT_KEY_SIZE: usize = 40;
+
+impl CtKey {
+    /// Builds the normalised key of a packet; the bool is true if the packet's source is
+    /// the `lo` side. Always inlined: six arguments exceed eBPF's five-register calls.
+    #[inline(always)]
+    pub fn new(
+        family: u8,
+        protocol: u8,
+        src: &[u8; 16],
+        src_port: u16,
+        dst: &[u8; 16],
+        dst_port: u16,
+    ) -> (CtKey, bool) {
+        let src_is_lo = side_lt_eq(src, src_port, dst, dst_port);
+        let (addr_lo, port_lo, addr_hi, port_hi) = if src_is_lo {
+            (*src, src_port, *dst, dst_port)
+        } else {
+            (*dst, dst_port, *src, src_port)
+        };
+        let key = CtKey { addr_lo, addr_hi, port_lo, port_hi, protocol, family, _pad: [0; 2] };
+        (key, src_is_lo)
+    }
+
+    /// The record's in-memory bytes (native byte order), for a map lookup.
+    pub fn to_bytes(&self) -> [u8; CT_KEY_SIZE] {
+        let mut b = [0u8; CT_KEY_SIZE];
+        b[0..16].copy_from_slice(&self.addr_lo);
+        b[16..32].copy_from_slice(&self.addr_hi);
+        b[32..34].copy_from_slice(&self.port_lo.to_ne_bytes());
+        b[34..36].copy_from_slice(&self.port_hi.to_ne_bytes());
+        b[36] = self.protocol;
+        b[37] = self.family;
+        b[38..40].copy_from_slice(&self._pad);
+        b
+    }
+
+    /// Decodes a key from its in-memory bytes.
+    pub fn from_bytes(b: &[u8; CT_KEY_SIZE]) -> CtKey {
+        let mut addr_lo = [0u8; 16];
+        let mut addr_hi = [0u8; 16];
+        addr_lo.copy_from_slice(&b[0..16]);
+        addr_hi.copy_from_slice(&b[16..32]);
+        CtKey {
+            addr_lo,
+            addr_hi,
+            port_lo: u16::from_ne_bytes([b[32], b[33]]),
+            port_hi: u16::from_ne_bytes([b[34], b[35]]),
+            protocol: b[36],
+            family: b[37],
+            _pad: [b[38], b[39]],
+        }
+    }
+}
+
+/// Whether (a, a_port) <= (b, b_port) in the key order: addresses as two native-endian u64
+/// words (cheap in eBPF; any total order works), then ports.
+#[inline(always)]
+fn side_lt_eq(a: &[u8; 16], a_port: u16, b: &[u8; 16], b_port: u16) -> bool {
+    let w = |x: &[u8; 16], i: usize| {
+        u64::from_ne_bytes([
+            x[i],
+            x[i + 1],
+            x[i + 2],
+            x[i + 3],
+            x[i + 4],
+            x[i + 5],
+            x[i + 6],
+            x[i + 7],
+        ])
+    };
+    let (a0, a1, b0, b1) = (w(a, 0), w(a, 8), w(b, 0), w(b, 8));
+    if a0 != b0 {
+        return a0 < b0;
+    }
+    if a1 != b1 {
+        return a1 < b1;
+    }
+    a_port <= b_port
+}
+
+/// The value of [`MAP_CT`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet; older than the state's
+    /// timeout = expired (treated as a miss).
+    pub last_seen_ns: u64,
+    /// One of [`ct_state`].
+    pub state: u8,
+    /// 1 if the originator (the first packet's source) is the key's `lo` side.
+    pub orig_is_lo: u8,
+    /// [`ct_approved`] bits.
+    pub approved: u8,
+    /// Reserved, zero.
+    pub _pad: u8,
+    /// The rule that allowed it on the originator's side ([`RULE_ID_NONE`] if none/default).
+    pub orig_rule: u32,
+    /// The rule that allowed it on the responder's side.
+    pub resp_rule: u32,
+    /// Reserved, zero.
+    pub _pad2: u32,
+}
+
+/// Size of [`CtEntry`] in bytes.
+pub const CT_ENTRY_SIZE: usize = 24;
+
+impl CtEntry {
+    /// The record's in-memory bytes (native byte order), for a map update.
+    pub fn to_bytes(&self) -> [u8; CT_ENTRY_SIZE] {
+        let mut b = [0u8; CT_ENTRY_SIZE];
+        b[0..8].copy_from_slice(&self.last_seen_ns.to_ne_bytes());
+        b[8] = self.state;
+        b[9] = self.orig_is_lo;
+        b[10] = self.approved;
+        b[11] = self._pad;
+        b[12..16].copy_from_slice(&self.orig_rule.to_ne_bytes());
+        b[16..20].copy_from_slice(&self.resp_rule.to_ne_bytes());
+        b[20..24].copy_from_slice(&self._pad2.to_ne_bytes());
+        b
+    }
+
+    /// Decodes an entry from its in-memory bytes.
+    pub fn from_bytes(b: &[u8; CT_ENTRY_SIZE]) -> CtEntry {
+        let u32_at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        CtEntry {
+            last_seen_ns: u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+            state: b[8],
+            orig_is_lo: b[9],
+            approved: b[10],
+            _pad: b[11],
+            orig_rule: u32_at(12),
+            resp_rule: u32_at(16),
+            _pad2: u32_at(20),
+        }
+    }
+}
 
 // Checked at compile time, for the runtime build too.
+const _: () = assert!(core::mem::size_of::<Endpoint>() == ENDPOINT_SIZE);
+const _: () = assert!(core::mem::size_of::<CtKey>() == CT_KEY_SIZE);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == CT_ENTRY_SIZE);
+const _: () = assert!(drop_reason::NAMES.len() <= drop_reason::COUNT as usize);
 const _: () = assert!(SLOT_FIRST_POLICY < SLOT_EPILOGUE && SLOT_EPILOGUE < JUMP_ENTRIES);
 const _: () = assert!(core::mem::size_of::<FlowState>() == FLOW_STATE_SIZE);
 const _: () = assert!(core::mem::offset_of!(FlowState, stage) == FLOW_STAGE);
@@ -244,6 +604,10 @@ mod tests {
         assert_eq!(FLOW_RULE_ID, offset_of!(FlowState, rule_id));
         assert_eq!(FLOW_STAGE, offset_of!(FlowState, stage));
         assert_eq!(FLOW_RESUME, offset_of!(FlowState, resume));
+        assert_eq!(FLOW_TCP_FLAGS, offset_of!(FlowState, tcp_flags));
+        assert_eq!(FLOW_CT_SRC_PORT, offset_of!(FlowState, ct_src_port));
+        assert_eq!(FLOW_CT_DST_PORT, offset_of!(FlowState, ct_dst_port));
+        assert_eq!(FLOW_IFINDEX, offset_of!(FlowState, ifindex));
         assert_eq!(FLOW_STATE_SIZE, size_of::<FlowState>());
     }
 
@@ -278,6 +642,13 @@ mod tests {
             rule_id: 7,
             stage: stage::POLICY,
             resume: 3,
+            tcp_flags: tcp_flags::SYN,
+            _pad1: 0,
+            ct_src_port: 0x1234,
+            ct_dst_port: 443,
+            _pad2: 0,
+            ifindex: 9,
+            _pad3: 0,
         };
         let bytes = st.to_bytes();
         assert_eq!(FlowState::from_bytes(&bytes), st);
@@ -290,8 +661,61 @@ mod tests {
     }
 
     #[test]
+    fn ct_key_is_the_same_both_ways_and_round_trips() {
+        let a = [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let b = [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let (k1, a_lo) = CtKey::new(family::IPV4, 6, &a, 40000, &b, 443);
+        let (k2, b_lo) = CtKey::new(family::IPV4, 6, &b, 443, &a, 40000);
+        assert_eq!(k1, k2);
+        assert_ne!(a_lo, b_lo);
+        // Same address: the port decides.
+        let (k3, lo) = CtKey::new(family::IPV4, 17, &a, 53, &a, 5353);
+        assert!(lo);
+        assert_eq!((k3.port_lo, k3.port_hi), (53, 5353));
+        let (k4, lo) = CtKey::new(family::IPV4, 17, &a, 5353, &a, 53);
+        assert!(!lo);
+        assert_eq!(k3, k4);
+        assert_eq!(CtKey::from_bytes(&k1.to_bytes()), k1);
+        // SAFETY: repr(C) with explicit padding, CT_KEY_SIZE bytes.
+        let image: [u8; CT_KEY_SIZE] = unsafe { core::mem::transmute(k1) };
+        assert_eq!(image, k1.to_bytes());
+    }
+
+    #[test]
+    fn ct_entry_and_endpoint_encode_as_their_memory_image() {
+        let e = CtEntry {
+            last_seen_ns: 0x0102_0304_0506_0708,
+            state: ct_state::ESTABLISHED,
+            orig_is_lo: 1,
+            approved: ct_approved::ORIG | ct_approved::RESP,
+            _pad: 0,
+            orig_rule: 7,
+            resp_rule: RULE_ID_NONE,
+            _pad2: 0,
+        };
+        assert_eq!(CtEntry::from_bytes(&e.to_bytes()), e);
+        // SAFETY: repr(C) with explicit padding, CT_ENTRY_SIZE bytes.
+        let image: [u8; CT_ENTRY_SIZE] = unsafe { core::mem::transmute(e) };
+        assert_eq!(image, e.to_bytes());
+        let ep = Endpoint { endpoint_id: 1, ingress_slot: 2, egress_slot: 3, flags: 0 };
+        // SAFETY: repr(C), four u32.
+        let image: [u8; ENDPOINT_SIZE] = unsafe { core::mem::transmute(ep) };
+        assert_eq!(image, ep.to_bytes());
+    }
+
+    #[test]
     fn map_names_are_pinnable() {
-        for name in [MAP_JUMP, MAP_STATE, PROG_TC] {
+        for name in [
+            MAP_JUMP,
+            MAP_STATE,
+            MAP_EP,
+            MAP_CT,
+            MAP_DROPS,
+            PROG_TC,
+            PROG_FROM_EP,
+            PROG_TO_EP,
+            PROG_EPILOGUE,
+        ] {
             assert!(!name.contains('.'), "{name}");
             assert!(name.len() <= 15, "{name}");
         }
