@@ -33,6 +33,8 @@ pub mod map {
     pub const COUNTERS: u32 = 4;
     /// The program's own prog array of its parts (only programs split into parts).
     pub const PARTS: u32 = 5;
+    /// The program's own LPM map of peer-address classes (-O2 programs).
+    pub const CLASSES: u32 = 6;
 }
 
 /// A map a generated program refers to, by handle.

@@ -32,6 +32,14 @@ pub struct CompileArgs {
     /// `text` prints the annotated listings; `json` prints a summary object.
     #[arg(long = "output", value_enum, default_value = "text")]
     pub output: OutputFormat,
+    /// Optimisation level: 0 = linear evaluation (the baseline), 2 = class tables whose
+    /// per-packet cost does not grow with the rule count (falls back to 0 per program where
+    /// it does not apply; see docs/performance.md).
+    #[arg(short = 'O', long = "opt-level", default_value_t = 2,
+          value_parser = clap::builder::TypedValueParser::map(
+              clap::builder::PossibleValuesParser::new(["0", "2"]),
+              |s: String| s.parse::<u8>().unwrap_or(2)))]
+    pub opt_level: u8,
     /// Split a program into tail-called parts of at most about this many instructions.
     #[arg(long = "max-part-insns", default_value_t = codegen::Limits::default().part_insns as u64,
           value_parser = clap::value_parser!(u64).range(16..=1_000_000))]
@@ -56,6 +64,19 @@ pub struct CompiledProgram {
     pub parts: Vec<Part>,
     /// Longest path from part 0's entry to the epilogue (or a drop), across parts.
     pub worst_case: WorstCase,
+    /// 0 or 2: the level this program was generated at.
+    pub opt_level: u8,
+    /// Why an -O2 compile left this program at -O0.
+    pub fallback: Option<String>,
+    /// Maps of this program alone (the -O2 address classes), with their contents.
+    pub local_maps: Vec<LocalMap>,
+}
+
+/// A map only one program uses, and what the loader puts into it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalMap {
+    pub spec: codegen::MapSpec,
+    pub entries: MapEntries,
 }
 
 impl CompiledProgram {
@@ -92,14 +113,23 @@ impl Compiled {
         if p.parts.len() > 1 {
             specs.push(codegen::parts_map_spec(p.parts.len()));
         }
+        specs.extend(p.local_maps.iter().map(|m| m.spec.clone()));
         specs
     }
 }
 
 /// Compile options.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Options {
     pub limits: codegen::Limits,
+    /// 0: linear evaluation (the baseline); 2: class tables (`crate::opt`).
+    pub opt_level: u8,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { limits: codegen::Limits::default(), opt_level: 2 }
+    }
 }
 
 fn families(ep: &EndpointPolicy) -> Vec<Family> {
@@ -109,7 +139,8 @@ fn families(ep: &EndpointPolicy) -> Vec<Family> {
     f
 }
 
-/// Generate -O0 programs for every endpoint x direction x family of `ir`, deduplicated.
+/// Generate programs (at the default level, -O2) for every endpoint x direction x family of
+/// `ir`, deduplicated.
 pub fn compile_ir(ir: Ir) -> Result<Compiled> {
     compile_ir_with(ir, Options::default())
 }
@@ -118,21 +149,50 @@ pub fn compile_ir(ir: Ir) -> Result<Compiled> {
 pub fn compile_ir_with(ir: Ir, options: Options) -> Result<Compiled> {
     let mut rules = RuleTable::default();
     let mut programs: Vec<CompiledProgram> = Vec::new();
-    let mut by_bytes: BTreeMap<(Direction, u8, Vec<Vec<u8>>), usize> = BTreeMap::new();
+    type DedupeKey = (Direction, u8, Vec<Vec<u8>>, Vec<(String, MapEntries)>);
+    let mut by_bytes: BTreeMap<DedupeKey, usize> = BTreeMap::new();
     for ep in &ir.endpoints {
         for family in families(ep) {
             let what = || {
                 format!("endpoint {} {} IPv{}", ep.endpoint, ep.direction.as_str(), family.number())
             };
-            let generated = codegen::generate(ep, family, &mut rules, options.limits)
-                .map_err(|e| Error::other(format!("{}: {e}", what())))?;
+            let mut fallback = None;
+            let mut optimised = None;
+            if options.opt_level >= 2 {
+                match crate::opt::generate(ep, family, &mut rules)
+                    .map_err(|e| Error::other(format!("{}: {e}", what())))?
+                {
+                    Ok(o) => optimised = Some(o),
+                    Err(crate::opt::Fallback(why)) => fallback = Some(why),
+                }
+            }
+            let (generated, local_maps, opt_level) = match optimised {
+                Some(o) => {
+                    let local_maps = o
+                        .classes
+                        .into_iter()
+                        .map(|(spec, entries)| LocalMap { spec, entries })
+                        .collect();
+                    let g = codegen::Generated { parts: vec![o.program], next_parts: vec![vec![]] };
+                    (g, local_maps, 2)
+                }
+                None => {
+                    let g = codegen::generate(ep, family, &mut rules, options.limits)
+                        .map_err(|e| Error::other(format!("{}: {e}", what())))?;
+                    (g, Vec::new(), 0)
+                }
+            };
             let mut parts = Vec::new();
             for program in generated.parts {
                 let bytes = program.try_to_bytes().map_err(Error::other)?;
                 parts.push(Part { program, bytes });
             }
-            let key =
-                (ep.direction, family.number(), parts.iter().map(|p| p.bytes.clone()).collect());
+            let key = (
+                ep.direction,
+                family.number(),
+                parts.iter().map(|p| p.bytes.clone()).collect(),
+                local_maps.iter().map(|m| (format!("{:?}", m.spec), m.entries.clone())).collect(),
+            );
             if let Some(&i) = by_bytes.get(&key) {
                 programs[i].endpoints.push(ep.endpoint.clone());
                 continue;
@@ -146,6 +206,9 @@ pub fn compile_ir_with(ir: Ir, options: Options) -> Result<Compiled> {
                 family,
                 parts,
                 worst_case,
+                opt_level,
+                fallback,
+                local_maps,
             });
         }
     }
@@ -285,6 +348,8 @@ pub fn summary_json(compiled: &Compiled, compile_ms: u128) -> serde_json::Value 
                 "family": p.family.number(),
                 "insns": p.insns(),
                 "parts": p.parts.len(),
+                "opt_level": p.opt_level,
+                "fallback": p.fallback,
                 "worst_case_insns": p.worst_case.insns,
                 "worst_case_map_lookups": p.worst_case.map_lookups,
                 "file": program_file_name(p),
@@ -298,7 +363,7 @@ pub fn summary_json(compiled: &Compiled, compile_ms: u128) -> serde_json::Value 
         "rules": compiled.rules.len(),
         "ipset_entries": compiled.ipset_entries.values().map(Vec::len).sum::<usize>(),
         "named_port_entries": compiled.named_port_entries.len(),
-        "opt_level": 0,
+        "opt_level": compiled.programs.iter().map(|p| p.opt_level).max().unwrap_or(0),
         "compile_ms": compile_ms,
     })
 }
@@ -342,7 +407,7 @@ pub fn run(args: &CompileArgs) -> Result<()> {
     let start = Instant::now();
     let limits =
         codegen::Limits { part_insns: args.max_part_insns as usize, ..codegen::Limits::default() };
-    let compiled = compile_files_with(&args.files, Options { limits })?;
+    let compiled = compile_files_with(&args.files, Options { limits, opt_level: args.opt_level })?;
     let compile_ms = start.elapsed().as_millis();
     if let Some(dir) = &args.output_dir {
         write_outputs(&compiled, dir)?;

@@ -83,10 +83,23 @@ pub struct KernelEngine {
     _epilogue: Fd,
 }
 
-/// A program's parts in the kernel: part 0 first, and the prog array holding them all.
+/// A program's parts in the kernel: part 0 first, the prog array holding them all, and the
+/// program's own maps.
 struct LoadedProgram {
     parts: Vec<Fd>,
     _parts_map: Option<Fd>,
+    _local_maps: Vec<Fd>,
+}
+
+fn create_map(spec: &MapSpec) -> Result<Fd> {
+    sys::map_create(&sys::MapSpec {
+        kind: spec.kind,
+        name: &spec.name,
+        key_size: spec.key_size,
+        value_size: spec.value_size,
+        max_entries: spec.max_entries,
+    })
+    .map_err(bpf_err)
 }
 
 fn bpf_err(e: sys::BpfError) -> Error {
@@ -137,25 +150,25 @@ impl KernelEngine {
                 format!("{} {} IPv{}", p.endpoints.join(","), p.direction.as_str(), family.number())
             };
             let parts_map = if p.parts.len() > 1 {
-                let spec = crate::codegen::parts_map_spec(p.parts.len());
-                Some(
-                    sys::map_create(&sys::MapSpec {
-                        kind: spec.kind,
-                        name: &spec.name,
-                        key_size: spec.key_size,
-                        value_size: spec.value_size,
-                        max_entries: spec.max_entries,
-                    })
-                    .map_err(bpf_err)?,
-                )
+                Some(create_map(&crate::codegen::parts_map_spec(p.parts.len()))?)
             } else {
                 None
             };
+            let mut local = Vec::new();
+            for m in &p.local_maps {
+                let fd = create_map(&m.spec)?;
+                for (k, v) in &m.entries {
+                    sys::map_update(fd.as_fd(), k, v, UpdateFlags::Any).map_err(bpf_err)?;
+                }
+                local.push((m.spec.handle, fd));
+            }
             let mut parts = Vec::new();
             for (k, part) in p.parts.iter().enumerate() {
                 let bytes = patch_map_handles(part, |h| {
                     if h == map::PARTS {
                         parts_map.as_ref().map(|fd| fd.raw() as u32)
+                    } else if let Some((_, fd)) = local.iter().find(|(lh, _)| *lh == h) {
+                        Some(fd.raw() as u32)
                     } else {
                         fd_of(h).map(|fd| fd.raw() as u32)
                     }
@@ -168,7 +181,11 @@ impl KernelEngine {
                 }
                 parts.push(fd);
             }
-            programs.push(Some(LoadedProgram { parts, _parts_map: parts_map }));
+            programs.push(Some(LoadedProgram {
+                parts,
+                _parts_map: parts_map,
+                _local_maps: local.into_iter().map(|(_, fd)| fd).collect(),
+            }));
         }
         Ok(KernelEngine { maps, programs, _epilogue: epilogue })
     }
@@ -330,6 +347,11 @@ pub fn vm_run(compiled: &Compiled, index: usize, flow: &Flow) -> Result<Outcome>
     }
     for (k, v) in &compiled.named_port_entries {
         maps.update(map::NAMED_PORTS, k, v).map_err(|e| vm_err(&e))?;
+    }
+    for m in &p.local_maps {
+        for (k, v) in &m.entries {
+            maps.update(m.spec.handle, k, v).map_err(|e| vm_err(&e))?;
+        }
     }
     // Program ids in the prog arrays: the epilogue is 1 (a tail call to it ends the run),
     // part k is 2 + k.

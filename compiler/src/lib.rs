@@ -13,6 +13,7 @@ pub mod error;
 pub mod explain;
 pub mod frontend;
 pub mod lower;
+pub mod opt;
 pub mod resolve;
 pub mod selector;
 pub mod synth;

@@ -6,7 +6,7 @@
 
 use polc::codegen::Limits;
 use polc::codegen::RuleKey;
-use polc::compile::{compile_files, compile_ir_with, Compiled, Options};
+use polc::compile::{compile_files_with, compile_ir_with, Compiled, Options};
 use polc::engine::KernelEngine;
 use polc_ir::{evaluate, proto, Direction, EndpointPolicy, Family, Flow, TraceStep};
 use std::collections::BTreeSet;
@@ -107,7 +107,13 @@ fn ports(c: &Compiled) -> Vec<u16> {
 /// Check every program of `dir_or_file` in the kernel against the evaluator; returns the
 /// number of flows checked.
 fn check(input: &str, engines: &mut usize) -> usize {
-    check_compiled(input, &compile_files(&[testdata(input)]).unwrap(), engines)
+    let mut n = 0;
+    for opt_level in [0, 2] {
+        let options = Options { opt_level, ..Options::default() };
+        let compiled = compile_files_with(&[testdata(input)], options).unwrap();
+        n += check_compiled(&format!("{input} -O{opt_level}"), &compiled, engines);
+    }
+    n
 }
 
 fn check_compiled(input: &str, compiled: &Compiled, engines: &mut usize) -> usize {
@@ -217,7 +223,7 @@ fn split_programs_agree_with_the_evaluator() {
         let mut part_insns = 10;
         let compiled = loop {
             let limits = Limits { part_insns, max_parts: 31 };
-            match compile_ir_with(ir.clone(), Options { limits }) {
+            match compile_ir_with(ir.clone(), Options { limits, opt_level: 0 }) {
                 Ok(c) => break c,
                 Err(e) if e.to_string().contains("tail-called parts") => part_insns *= 2,
                 Err(e) => panic!("{input}: {e}"),

@@ -1,8 +1,8 @@
-//! Verifier acceptance of large -O0 programs: synthetic policy sets of 1k and 10k rules on
+//! Verifier acceptance of large -O0 programs (linear evaluation): synthetic policy sets of 1k and 10k rules on
 //! one endpoint (polc::synth) compile, split into tail-called parts, load into the kernel,
 //! and decide like the evaluator. `POLC_LARGE_RULES=20000,30000` tries more sizes.
 
-use polc::compile::compile_ir;
+use polc::compile::{compile_ir_with, Options};
 use polc::engine::KernelEngine;
 use polc::synth::{cluster_yaml, Spec, TARGET, TARGET_IP};
 use polc_ir::{evaluate, proto, Direction, Family, Flow};
@@ -22,7 +22,9 @@ fn large_policy_sets_load_and_agree_with_the_evaluator() {
         let yaml = cluster_yaml(Spec { rules, pods: 200, seed: 42 });
         let cluster = polc::frontend::load_str("synth.yaml", &yaml).unwrap();
         let ir = polc::lower::lower(&cluster);
-        let compiled = match compile_ir(ir) {
+        // -O0: this test is about linear programs, their splitting and the verifier.
+        let options = Options { opt_level: 0, ..Options::default() };
+        let compiled = match compile_ir_with(ir, options) {
             Ok(c) => c,
             Err(e) => {
                 // Past the -O0 size limit compile must say so clearly (endpoint, direction,

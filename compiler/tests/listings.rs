@@ -1,5 +1,5 @@
-//! The annotated listing of every testdata case and the demo, as insta snapshots under
-//! snapshots/listing_*.snap. Each is a spec to review: the comments must name the tier,
+//! The annotated listing of every testdata case and the demo, at -O2 then -O0, as insta
+//! snapshots under snapshots/listing_*.snap. Each is a spec to review: the comments must name the tier,
 //! policy and rule (with file and document) that produced each block, and the code must do
 //! what the comment says.
 
@@ -9,11 +9,19 @@ fn listing_of(rel: &str) -> String {
     // Relative to the package directory (cargo test's working directory), so the file names
     // in the listing's comments are the same on every machine.
     let path = Path::new("../testdata").join(rel);
-    let compiled = polc::compile::compile_files(&[path]).unwrap();
     let mut out = String::new();
-    for p in &compiled.programs {
-        out.push_str(&polc::compile::listing(&compiled, p));
-        out.push('\n');
+    for opt_level in [2, 0] {
+        let options = polc::compile::Options { opt_level, ..Default::default() };
+        let compiled =
+            polc::compile::compile_files_with(std::slice::from_ref(&path), options).unwrap();
+        out.push_str(&format!("; ===== -O{opt_level} =====\n"));
+        for p in &compiled.programs {
+            out.push_str(&polc::compile::listing(&compiled, p));
+            if let Some(why) = &p.fallback {
+                out.push_str(&format!("; (-O2 fell back to -O0: {why})\n"));
+            }
+            out.push('\n');
+        }
     }
     out
 }

@@ -183,6 +183,28 @@ impl Asm {
                 _ => None,
             })
             .collect();
+        // A jump to a label bound before the next instruction is a no-op: drop it (until
+        // none is left: dropping one can make the jump before it one too).
+        let mut items = items;
+        loop {
+            let before = items.len();
+            items = items
+                .iter()
+                .enumerate()
+                .filter(|(i, item)| {
+                    // Conditional or not: either way execution continues at the label.
+                    let Item::Jump { target, .. } = item else { return true };
+                    !items[i + 1..]
+                        .iter()
+                        .take_while(|next| matches!(next, Item::Bind(_) | Item::Comment(_)))
+                        .any(|next| matches!(next, Item::Bind(l) if l == target))
+                })
+                .map(|(_, item)| item.clone())
+                .collect();
+            if items.len() == before {
+                break;
+            }
+        }
         let mut bound: Vec<Option<usize>> = vec![None; self.labels];
         for (i, item) in items.iter().enumerate() {
             if let Item::Bind(Label(l)) = item {

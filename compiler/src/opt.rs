@@ -1,0 +1,1145 @@
+//! -O2 code generation: a policy program whose per-packet cost does not grow with the
+//! number of rules.
+//!
+//! The decision for one endpoint, direction and family is a function of the peer address
+//! and of the "port side" of the flow (protocol, ports, ICMP type and code); the endpoint's
+//! own address is a constant. Every rule is one of:
+//! - address-only (or match-all): which rule of each tier matches first depends on the
+//!   peer address alone — the value `F[tier]` stored per address class in an LPM map
+//!   (one lookup: the longest matching prefix *is* the class, because every prefix the
+//!   policy mentions is an entry);
+//! - port-only: `G[tier]`, written by the leaves of a decision tree over protocol, ports and
+//!   ICMP compiled to branches (logarithmic depth);
+//! - both: `H[tier]`, a sparse table of (address class, port class) pairs compiled to a
+//!   second branch tree.
+//!
+//! A tier's first matching rule is `min(F, G, H)` with each value `rank << 32 | rule id << 2
+//! | action`, ranks following evaluation order; Pass moves to the next tier, a tier with no
+//! match applies its default. Which rule matches which class is decided by evaluating the
+//! IR's own `rule_matches` on a representative flow of each class, so the tables follow the
+//! spec by construction. Log rules do not change verdicts and are not counted at -O2.
+//!
+//! Programs this scheme does not fit (an endpoint with several addresses of one family,
+//! more than [`MAX_TIERS`] tiers, or tables over budget) fall back to -O0.
+
+use crate::asm::{helper, AluOp, Asm, Cond, Insn, Label, Program, Reg, Size};
+use crate::codegen::{map, MapKind, MapSpec, RuleKey, RuleTable};
+use polc_abi as abi;
+use polc_ir::eval::rule_matches;
+use polc_ir::{
+    proto, Action, Direction, EndMatch, EndpointPolicy, Family, Flow, IpSetId, Match, Prefix,
+    TierDefault,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Most tiers an -O2 program handles (their values live on the 512-byte stack).
+pub const MAX_TIERS: usize = 20;
+/// Most (address class, port class) pairs of the both-constrained table (compiled to code).
+pub const MAX_PAIRS: usize = 8_000;
+/// Most instruction slots of an -O2 program. It is never split, and below 32k every jump
+/// keeps a 16-bit offset (the vm engine cannot run `gotol`).
+pub const MAX_SLOTS: usize = 30_000;
+
+/// An -O2 program and the contents of its own class map.
+#[derive(Debug, Clone)]
+pub struct Optimised {
+    pub program: Program,
+    /// The LPM map of address classes (`map::CLASSES`), if the program has one.
+    pub classes: Option<(MapSpec, crate::compile::MapEntries)>,
+}
+
+/// Why a program was left at -O0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback(pub String);
+
+const END_RANK: u64 = 0x7fff_ffff;
+const END: u64 = END_RANK << 32;
+const ACT_ALLOW: u64 = 0;
+const ACT_DENY: u64 = 1;
+const ACT_PASS: u64 = 2;
+
+// Stack layout (offsets from r10).
+const STACK_U32_KEY: i16 = -4;
+const STACK_LPM_KEY: i16 = -32; // prefixlen u32, then up to 16 address bytes
+const STACK_VALUES: i16 = -40; // G[t] at -40 - 8t, H[t] at -40 - 8 (MAX_TIERS + t)
+
+fn g_slot(t: usize) -> i16 {
+    STACK_VALUES - 8 * t as i16
+}
+fn h_slot(t: usize) -> i16 {
+    STACK_VALUES - 8 * (MAX_TIERS + t) as i16
+}
+
+const CTX: Reg = Reg::R6;
+const STATE: Reg = Reg::R7;
+const VERDICT: Reg = Reg::R8;
+const RULE_ID: Reg = Reg::R9;
+/// The class map value pointer, until the decision.
+const CLASS: Reg = Reg::R9;
+/// The port class id, between the port tree and the pair tree.
+const QREG: Reg = Reg::R8;
+
+/// One rule as the optimiser sees it.
+struct FlatRule {
+    tier: usize,
+    value: u64,
+    /// The rule with the endpoint's own-address conditions folded away.
+    matches: Match,
+    /// `matches` without the peer's address sets (decided by the class tables).
+    port_match: Match,
+    addr_dependent: bool,
+    port_dependent: bool,
+    /// Named ports on the peer side: membership couples address and port.
+    coupled: bool,
+}
+
+/// Generate the -O2 program, or say why not.
+pub fn generate(
+    ep: &EndpointPolicy,
+    family: Family,
+    rules: &mut RuleTable,
+) -> Result<Result<Optimised, Fallback>, crate::asm::AsmError> {
+    let fallback = |why: String| Ok(Err(Fallback(why)));
+    let own: Vec<IpAddr> =
+        ep.addresses.iter().copied().filter(|a| Family::of(a) == family).collect();
+    let [own] = own.as_slice() else {
+        return fallback(format!("{} addresses of this family", own.len()));
+    };
+    if ep.tiers.is_empty() {
+        return fallback("no tiers: -O0 is already minimal".into());
+    }
+    if ep.tiers.len() > MAX_TIERS {
+        return fallback(format!("{} tiers (at most {MAX_TIERS})", ep.tiers.len()));
+    }
+    let peer_is_src = ep.direction == Direction::Ingress;
+    let mut ctx = Context::new(ep, *own, family, peer_is_src);
+
+    // Flatten the rules in evaluation order, folding the own-address side.
+    let mut flat = Vec::new();
+    let mut rank: u64 = 0;
+    for (t, tier) in ep.tiers.iter().enumerate() {
+        for pol in &tier.policies {
+            for rule in &pol.rules {
+                let key = RuleKey::Rule {
+                    direction: ep.direction,
+                    tier: tier.name.clone(),
+                    policy: pol.source.qualified_name(),
+                    kind: pol.source.kind.clone(),
+                    index: rule.index,
+                };
+                let id = rules.id(key) as u64;
+                let action = match rule.action {
+                    Action::Log => continue,
+                    Action::Allow => ACT_ALLOW,
+                    Action::Deny => ACT_DENY,
+                    Action::Pass => ACT_PASS,
+                };
+                if rule.matches.ip_version.is_some_and(|v| v != family) {
+                    continue;
+                }
+                let Some(m) = ctx.fold_own(&rule.matches) else { continue };
+                let (peer, own_end) = ctx.ends(&m);
+                let coupled = peer_named(peer);
+                let addr_dependent =
+                    !peer.in_sets.is_empty() || !peer.not_in_sets.is_empty() || coupled;
+                let port_dependent = m.protocol.is_some()
+                    || m.not_protocol.is_some()
+                    || m.icmp.is_some()
+                    || m.not_icmp.is_some()
+                    || peer.ports.is_some()
+                    || peer.not_ports.is_some()
+                    || own_end.ports.is_some()
+                    || own_end.not_ports.is_some();
+                if rank >= END_RANK || id >= 1 << 30 {
+                    return fallback("too many rules for the value encoding".into());
+                }
+                let mut port_match = m.clone();
+                let peer_end = if peer_is_src { &mut port_match.src } else { &mut port_match.dst };
+                peer_end.in_sets.clear();
+                peer_end.not_in_sets.clear();
+                flat.push(FlatRule {
+                    tier: t,
+                    value: rank << 32 | id << 2 | action,
+                    matches: m,
+                    port_match,
+                    addr_dependent,
+                    port_dependent,
+                    coupled,
+                });
+                rank += 1;
+            }
+        }
+    }
+    let tiers = ep.tiers.len();
+
+    // Address classes: every prefix of a peer-side set (and the hosts of peer named ports).
+    let addr_rules: Vec<&FlatRule> = flat.iter().filter(|r| r.addr_dependent).collect();
+    ctx.build_classes(&addr_rules);
+    // Port classes: a tree over protocol, ports and ICMP; the pair table uses the coarser
+    // partition of the rules constrained on both sides only.
+    let port_rules: Vec<&FlatRule> = flat.iter().filter(|r| r.port_dependent).collect();
+    let tree = ctx.build_port_tree(&port_rules);
+    let pair_rules: Vec<&FlatRule> =
+        flat.iter().filter(|r| r.port_dependent && r.addr_dependent).collect();
+    let pair_tree = ctx.build_port_tree(&pair_rules);
+    let pair_q: Vec<u32> = tree.leaves.iter().map(|rep| pair_tree.locate(rep) as u32).collect();
+
+    // F: first address-only (or match-all) rule per tier, per address class.
+    let nclasses = ctx.classes.len();
+    let mut f = vec![vec![END; tiers]; nclasses];
+    for r in flat.iter().filter(|r| !r.port_dependent) {
+        for c in ctx.class_members(r) {
+            let slot = &mut f[c][r.tier];
+            if *slot == END {
+                *slot = r.value;
+            }
+        }
+    }
+    // G: first port-only rule per tier, per port class.
+    let mut g = vec![vec![END; tiers]; tree.leaves.len()];
+    for r in flat.iter().filter(|r| r.port_dependent && !r.addr_dependent) {
+        for q in tree.candidates(&r.port_match) {
+            if g[q][r.tier] == END && ctx.port_side_matches(r, &tree.leaves[q], ctx.own) {
+                g[q][r.tier] = r.value;
+            }
+        }
+    }
+    // H: first both-constrained rule per tier, per (pair class of the address, pair class of
+    // the port). Addresses the pair rules cannot tell apart share a pair class.
+    let pair_class = ctx.pair_classes(&pair_rules);
+    // Cheap upper bound first: the exact table is at most this big.
+    let mut estimate = 0usize;
+    for r in &pair_rules {
+        let pcs: BTreeSet<u32> = ctx.class_members(r).iter().map(|&c| pair_class[c]).collect();
+        estimate += pcs.len() * pair_tree.candidates(&r.port_match).len();
+        if estimate > 8 * MAX_PAIRS {
+            return fallback(format!("more than {MAX_PAIRS} address x port pairs (estimate)"));
+        }
+    }
+    let mut h: BTreeMap<(u32, u32), Vec<u64>> = BTreeMap::new();
+    for r in &pair_rules {
+        let members = ctx.class_members(r);
+        if members.is_empty() {
+            continue;
+        }
+        let candidates = pair_tree.candidates(&r.port_match);
+        let mut add = |pc: u32, hq: usize| -> bool {
+            let row = h.entry((pc, hq as u32)).or_insert_with(|| vec![END; tiers]);
+            if row[r.tier] == END {
+                row[r.tier] = r.value;
+            }
+            h.len() <= MAX_PAIRS
+        };
+        if r.coupled {
+            for &c in &members {
+                let Some(rep) = ctx.classes[c].rep else { continue };
+                for &hq in &candidates {
+                    if ctx.port_side_matches(r, &pair_tree.leaves[hq], rep)
+                        && !add(pair_class[c], hq)
+                    {
+                        return fallback(format!("more than {MAX_PAIRS} address x port pairs"));
+                    }
+                }
+            }
+        } else {
+            let qs: Vec<usize> = candidates
+                .into_iter()
+                .filter(|&hq| ctx.port_side_matches(r, &pair_tree.leaves[hq], ctx.own))
+                .collect();
+            let pcs: BTreeSet<u32> = members.iter().map(|&c| pair_class[c]).collect();
+            for pc in pcs {
+                for &hq in &qs {
+                    if !add(pc, hq) {
+                        return fallback(format!("more than {MAX_PAIRS} address x port pairs"));
+                    }
+                }
+            }
+        }
+    }
+    let tier_has_g: Vec<bool> = (0..tiers).map(|t| g.iter().any(|row| row[t] != END)).collect();
+    let tier_has_h: Vec<bool> = (0..tiers).map(|t| h.values().any(|row| row[t] != END)).collect();
+    let tier_has_f: Vec<bool> = (0..tiers).map(|t| f.iter().any(|row| row[t] != END)).collect();
+    // Without pairs, one class row (no prefixes, or no address-only rules) is a constant.
+    let use_classes = !h.is_empty() || (nclasses > 1 && tier_has_f.iter().any(|&b| b));
+
+    // Tier defaults and the profile.
+    let mut defaults = Vec::new();
+    for tier in &ep.tiers {
+        defaults.push(match tier.default_action {
+            TierDefault::Deny => Some(
+                rules.id(RuleKey::TierDefault { direction: ep.direction, tier: tier.name.clone() }),
+            ),
+            TierDefault::Pass => None,
+        });
+    }
+    let profile = rules.id(RuleKey::Profile { direction: ep.direction, passed: true });
+
+    // ---- emit ----
+    let mut a = Asm::new();
+    let fail = a.label();
+    let decide = a.label();
+    a.comment(format!(
+        "-O2 prologue: r7 = this CPU's FlowState; {} rules in {} tiers, {} address classes, \
+         {} port classes, {} address x port pairs",
+        flat.len(),
+        tiers,
+        nclasses,
+        tree.leaves.len(),
+        h.len()
+    ));
+    a.push(Insn::mov64(CTX, Reg::R1));
+    a.push(Insn::st(Size::W, Reg::R10, STACK_U32_KEY, abi::STATE_KEY as i32));
+    a.push(Insn::mov64(Reg::R2, Reg::R10));
+    a.push(Insn::alu64(AluOp::Add, Reg::R2, STACK_U32_KEY as i32));
+    a.push(Insn::ld_map_fd(Reg::R1, map::STATE));
+    a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
+    a.jump_if(Cond::Eq, Reg::R0, 0, fail);
+    a.push(Insn::mov64(STATE, Reg::R0));
+
+    let peer_off = if peer_is_src { abi::FLOW_SRC_ADDR as i16 } else { abi::FLOW_DST_ADDR as i16 };
+    if use_classes {
+        a.comment("address class of the peer: one LPM lookup (r9 = class value)");
+        a.push(Insn::st(Size::W, Reg::R10, STACK_LPM_KEY, family.bits() as i32));
+        match family {
+            Family::V4 => {
+                a.push(Insn::ldx(Size::W, Reg::R1, STATE, peer_off));
+                a.push(Insn::stx(Size::W, Reg::R10, STACK_LPM_KEY + 4, Reg::R1));
+            }
+            Family::V6 => {
+                for w in 0..4 {
+                    a.push(Insn::ldx(Size::W, Reg::R1, STATE, peer_off + 4 * w));
+                    a.push(Insn::stx(Size::W, Reg::R10, STACK_LPM_KEY + 4 + 4 * w, Reg::R1));
+                }
+            }
+        }
+        a.push(Insn::mov64(Reg::R2, Reg::R10));
+        a.push(Insn::alu64(AluOp::Add, Reg::R2, STACK_LPM_KEY as i32));
+        a.push(Insn::ld_map_fd(Reg::R1, map::CLASSES));
+        a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
+        a.jump_if(Cond::Eq, Reg::R0, 0, fail);
+        a.push(Insn::mov64(CLASS, Reg::R0));
+    }
+
+    let any_g = tier_has_g.iter().any(|&b| b);
+    let any_h = tier_has_h.iter().any(|&b| b);
+    if any_g || any_h {
+        a.comment("no port-only or pair rule matched yet");
+        a.push(Insn::ld_imm64(Reg::R1, END));
+        for t in 0..tiers {
+            if tier_has_g[t] {
+                a.push(Insn::stx(Size::DW, Reg::R10, g_slot(t), Reg::R1));
+            }
+            if tier_has_h[t] {
+                a.push(Insn::stx(Size::DW, Reg::R10, h_slot(t), Reg::R1));
+            }
+        }
+        let done = a.label();
+        a.comment("port class: protocol, ports, ICMP type and code (binary search)");
+        let content = |q: usize| {
+            let mut c = g[q].clone();
+            if any_h {
+                c.push(pair_q[q] as u64);
+            }
+            c
+        };
+        tree.emit(&mut a, done, &content, &mut |a, q| {
+            for (t, &v) in g[q].iter().enumerate() {
+                if v != END {
+                    store_value(a, g_slot(t), v);
+                }
+            }
+            if any_h {
+                a.push(Insn::mov64(QREG, pair_q[q] as i32));
+            }
+        });
+        a.bind(done);
+    }
+    if any_h {
+        let done = a.label();
+        a.comment("address x port pairs: first rule constrained on both (binary search)");
+        a.push(Insn::ldx(Size::W, Reg::R1, CLASS, 0));
+        let mut by_class: BTreeMap<u32, Vec<(u32, &Vec<u64>)>> = BTreeMap::new();
+        for (&(c, q), row) in &h {
+            by_class.entry(c).or_default().push((q, row));
+        }
+        let classes: Vec<u32> = by_class.keys().copied().collect();
+        emit_exact(&mut a, Reg::R1, &classes, done, &mut |a, i| {
+            let entries = &by_class[&classes[i]];
+            let qs: Vec<u32> = entries.iter().map(|(q, _)| *q).collect();
+            emit_exact(a, QREG, &qs, done, &mut |a, j| {
+                for (t, &v) in entries[j].1.iter().enumerate() {
+                    if v != END {
+                        store_value(a, h_slot(t), v);
+                    }
+                }
+            });
+        });
+        a.bind(done);
+    }
+
+    for (t, tier) in ep.tiers.iter().enumerate() {
+        let next = a.label();
+        let default = a.label();
+        a.comment(format!(
+            "tier {} (default {}): first match = min(F, G, H)",
+            tier.name,
+            tier.default_action.as_str()
+        ));
+        if use_classes {
+            a.push(Insn::ldx(Size::DW, Reg::R1, CLASS, 8 + 8 * t as i16));
+        } else {
+            a.push(Insn::ld_imm64(Reg::R1, f[0][t]));
+        }
+        for (has, slot) in [(tier_has_g[t], g_slot(t)), (tier_has_h[t], h_slot(t))] {
+            if has {
+                let skip = a.label();
+                a.push(Insn::ldx(Size::DW, Reg::R2, Reg::R10, slot));
+                a.jump_if(Cond::Le, Reg::R1, Reg::R2, skip);
+                a.push(Insn::mov64(Reg::R1, Reg::R2));
+                a.bind(skip);
+            }
+        }
+        a.push(Insn::mov64(Reg::R2, Reg::R1));
+        a.push(Insn::alu64(AluOp::Rsh, Reg::R2, 32));
+        a.jump_if(Cond::Eq, Reg::R2, END_RANK as i32, default);
+        a.push(Insn::mov64(Reg::R2, Reg::R1));
+        a.push(Insn::alu64(AluOp::And, Reg::R2, 3));
+        a.jump_if(Cond::Eq, Reg::R2, ACT_PASS as i32, next);
+        a.push(Insn::mov64(RULE_ID, Reg::R1));
+        a.push(Insn::alu64(AluOp::Rsh, RULE_ID, 2));
+        a.push(Insn::alu64(AluOp::And, RULE_ID, 0x3fff_ffff));
+        a.push(Insn::mov64(VERDICT, abi::verdict::ALLOW as i32));
+        a.jump_if(Cond::Eq, Reg::R2, ACT_ALLOW as i32, decide);
+        a.push(Insn::mov64(VERDICT, abi::verdict::DENY as i32));
+        a.jump(decide);
+        a.bind(default);
+        if let Some(id) = defaults[t] {
+            a.comment(format!("tier {}: no rule decided: deny (rule id {id})", tier.name));
+            a.push(Insn::mov64(VERDICT, abi::verdict::DENY as i32));
+            a.push(Insn::mov64(RULE_ID, id as i32));
+            a.jump(decide);
+        }
+        a.bind(next);
+    }
+    a.comment(format!("passed out of the last tier: default profile allows (rule id {profile})"));
+    a.push(Insn::mov64(VERDICT, abi::verdict::ALLOW as i32));
+    a.push(Insn::mov64(RULE_ID, profile as i32));
+
+    a.comment("decided: record verdict and rule id, count the hit, tail-call the epilogue");
+    a.bind(decide);
+    a.push(Insn::stx(Size::W, STATE, abi::FLOW_VERDICT as i16, VERDICT));
+    a.push(Insn::stx(Size::W, STATE, abi::FLOW_RULE_ID as i16, RULE_ID));
+    let skip = a.label();
+    a.push(Insn::stx(Size::W, Reg::R10, STACK_U32_KEY, RULE_ID));
+    a.push(Insn::mov64(Reg::R2, Reg::R10));
+    a.push(Insn::alu64(AluOp::Add, Reg::R2, STACK_U32_KEY as i32));
+    a.push(Insn::ld_map_fd(Reg::R1, map::COUNTERS));
+    a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
+    a.jump_if(Cond::Eq, Reg::R0, 0, skip);
+    a.push(Insn::ldx(Size::DW, Reg::R1, Reg::R0, 0));
+    a.push(Insn::alu64(AluOp::Add, Reg::R1, 1));
+    a.push(Insn::stx(Size::DW, Reg::R0, 0, Reg::R1));
+    a.bind(skip);
+    a.push(Insn::mov64(Reg::R1, CTX));
+    a.push(Insn::ld_map_fd(Reg::R2, map::JUMP));
+    a.push(Insn::mov64(Reg::R3, abi::SLOT_EPILOGUE as i32));
+    a.push(Insn::call(helper::TAIL_CALL));
+    a.comment("no epilogue (or no state, or no class entry): fail closed");
+    a.bind(fail);
+    a.push(Insn::mov64(Reg::R0, abi::TC_ACT_SHOT));
+    a.push(Insn::exit());
+    if a.slots() > MAX_SLOTS {
+        return fallback(format!("{} instructions (at most {MAX_SLOTS})", a.slots()));
+    }
+    let program = a.assemble()?;
+
+    let classes = use_classes.then(|| {
+        let key_size = 4 + family.bits() as u32 / 8;
+        let value_size = 8 + 8 * tiers as u32;
+        let mut entries = Vec::new();
+        for (c, class) in ctx.classes.iter().enumerate() {
+            let Some(prefix) = class.prefix else { continue };
+            let mut key = (prefix.len() as u32).to_ne_bytes().to_vec();
+            match prefix.addr() {
+                IpAddr::V4(v) => key.extend_from_slice(&v.octets()),
+                IpAddr::V6(v) => key.extend_from_slice(&v.octets()),
+            }
+            let mut value = pair_class[c].to_ne_bytes().to_vec();
+            value.extend_from_slice(&[0; 4]);
+            for v in &f[c] {
+                value.extend_from_slice(&v.to_ne_bytes());
+            }
+            entries.push((key, value));
+        }
+        let spec = MapSpec {
+            handle: map::CLASSES,
+            name: "polc_classes".to_string(),
+            kind: MapKind::LpmTrie,
+            key_size,
+            value_size,
+            max_entries: entries.len().max(1) as u32,
+            flags: 1,
+        };
+        (spec, entries)
+    });
+    Ok(Ok(Optimised { program, classes }))
+}
+
+/// `*(u64 *)(r10 + slot) = v`, as two 32-bit stores.
+fn store_value(a: &mut Asm, slot: i16, v: u64) {
+    a.push(Insn::st(Size::W, Reg::R10, slot, v as u32 as i32));
+    a.push(Insn::st(Size::W, Reg::R10, slot + 4, (v >> 32) as u32 as i32));
+}
+
+/// Whether the peer side uses named ports (their members pair an address with a port).
+fn peer_named(peer: &EndMatch) -> bool {
+    peer.ports.as_ref().is_some_and(|p| !p.named.is_empty())
+        || peer.not_ports.as_ref().is_some_and(|p| !p.named.is_empty())
+}
+
+/// Binary search of `reg` over sorted interval starts (`starts[0] == 0`): calls `leaf(i)`
+/// for interval `[starts[i], starts[i + 1])`, then jumps to `done`.
+fn emit_intervals(
+    a: &mut Asm,
+    reg: Reg,
+    starts: &[u32],
+    done: Label,
+    leaf: &mut dyn FnMut(&mut Asm, usize),
+) {
+    fn go(
+        a: &mut Asm,
+        reg: Reg,
+        starts: &[u32],
+        lo: usize,
+        hi: usize,
+        done: Label,
+        leaf: &mut dyn FnMut(&mut Asm, usize),
+    ) {
+        if hi - lo == 1 {
+            leaf(a, lo);
+            a.jump(done);
+            return;
+        }
+        let mid = (lo + hi) / 2;
+        let right = a.label();
+        a.jump_if(Cond::Ge, reg, starts[mid] as i32, right);
+        go(a, reg, starts, lo, mid, done, leaf);
+        a.bind(right);
+        go(a, reg, starts, mid, hi, done, leaf);
+    }
+    if !starts.is_empty() {
+        go(a, reg, starts, 0, starts.len(), done, leaf);
+    }
+}
+
+/// Binary search of `reg` for one of the sorted, distinct `keys`: `leaf(i)` when it equals
+/// `keys[i]`, straight to `done` when it equals none.
+fn emit_exact(
+    a: &mut Asm,
+    reg: Reg,
+    keys: &[u32],
+    done: Label,
+    leaf: &mut dyn FnMut(&mut Asm, usize),
+) {
+    let mut bounds: BTreeSet<u32> = BTreeSet::from([0]);
+    for &k in keys {
+        bounds.insert(k);
+        if k < u32::MAX {
+            bounds.insert(k + 1);
+        }
+    }
+    let starts: Vec<u32> = bounds.into_iter().collect();
+    emit_intervals(a, reg, &starts, done, &mut |a, j| {
+        if let Ok(i) = keys.binary_search(&starts[j]) {
+            leaf(a, i);
+        }
+    });
+}
+
+/// An address class: the addresses whose longest matching prefix (among the policy's) is
+/// `prefix` (`None`: no prefix matches).
+struct Class {
+    prefix: Option<Prefix>,
+    /// An address of the class, if it has any.
+    rep: Option<IpAddr>,
+}
+
+/// The representative of one port class.
+#[derive(Debug, Clone, Copy)]
+struct PortRep {
+    protocol: u8,
+    src_port: u16,
+    dst_port: u16,
+    icmp: Option<(u8, u8)>,
+}
+
+/// A decision tree over protocol, then (dst port, src port) or (ICMP type, code).
+struct PortTree {
+    protocols: Vec<u32>,
+    dports: Vec<u32>,
+    sports: Vec<u32>,
+    types: Vec<u32>,
+    codes: Vec<u32>,
+    leaves: Vec<PortRep>,
+    /// Leaf id per (protocol interval, a, b).
+    index: BTreeMap<(usize, usize, usize), usize>,
+    /// Ports of each named-port set the rules use.
+    named: BTreeMap<polc_ir::PortSetId, Vec<u16>>,
+}
+
+fn starts_of(boundaries: BTreeSet<u32>) -> Vec<u32> {
+    let mut v: Vec<u32> = boundaries.into_iter().collect();
+    if v.first() != Some(&0) {
+        v.insert(0, 0);
+    }
+    v
+}
+
+/// Index of the interval of sorted `starts` (`starts[0] == 0`) that holds `v`.
+fn interval_of(starts: &[u32], v: u32) -> usize {
+    starts.partition_point(|&s| s <= v).saturating_sub(1)
+}
+
+/// Indexes of the intervals of `starts` that overlap `[lo, hi]`.
+fn intervals_overlapping(starts: &[u32], lo: u32, hi: u32) -> std::ops::Range<usize> {
+    interval_of(starts, lo)..interval_of(starts, hi) + 1
+}
+
+impl PortTree {
+    fn kind(&self, proto_interval: usize) -> u8 {
+        self.protocols[proto_interval] as u8
+    }
+
+    fn is_single(&self, p: usize) -> bool {
+        self.protocols.get(p + 1) == Some(&(self.protocols[p] + 1))
+    }
+
+    /// The leaf whose class holds the flow `rep` stands for (`rep` from a finer tree).
+    fn locate(&self, rep: &PortRep) -> usize {
+        let p = interval_of(&self.protocols, rep.protocol as u32);
+        let key = if self.index.contains_key(&(p, 0, 0)) && !self.is_single(p) {
+            (p, 0, 0)
+        } else if let Some((t, c)) = rep.icmp {
+            (p, interval_of(&self.types, t as u32), interval_of(&self.codes, c as u32))
+        } else {
+            (
+                p,
+                interval_of(&self.dports, rep.dst_port as u32),
+                interval_of(&self.sports, rep.src_port as u32),
+            )
+        };
+        self.index.get(&key).or_else(|| self.index.get(&(p, 0, 0))).copied().unwrap_or(0)
+    }
+
+    /// Leaves a rule with match `m` may match (a superset; the caller checks each exactly).
+    fn candidates(&self, m: &Match) -> Vec<usize> {
+        let protocols: Vec<usize> = match m.protocol {
+            Some(p) => vec![interval_of(&self.protocols, p as u32)],
+            None => (0..self.protocols.len()).collect(),
+        };
+        // Port intervals a port condition can touch; all when there is none.
+        let port_candidates = |starts: &[u32], end: &EndMatch| -> Vec<usize> {
+            let Some(pm) = &end.ports else { return (0..starts.len()).collect() };
+            let mut out = BTreeSet::new();
+            for r in &pm.ranges {
+                out.extend(intervals_overlapping(starts, r.lo as u32, r.hi as u32));
+            }
+            for id in &pm.named {
+                for member in self.named.get(id).into_iter().flatten() {
+                    out.insert(interval_of(starts, *member as u32));
+                }
+            }
+            out.into_iter().collect()
+        };
+        let dports = port_candidates(&self.dports, &m.dst);
+        let sports = port_candidates(&self.sports, &m.src);
+        let types: Vec<usize> = match m.icmp {
+            Some(i) => vec![interval_of(&self.types, i.icmp_type as u32)],
+            None => (0..self.types.len()).collect(),
+        };
+        let codes: Vec<usize> = match m.icmp.and_then(|i| i.code) {
+            Some(c) => vec![interval_of(&self.codes, c as u32)],
+            None => (0..self.codes.len()).collect(),
+        };
+        let mut out = Vec::new();
+        for p in protocols {
+            if let Some(&leaf) = self.index.get(&(p, 0, 0)) {
+                if !(self.is_single(p)
+                    && (proto::has_ports(self.kind(p))
+                        || self.kind(p) == proto::ICMP
+                        || self.kind(p) == proto::ICMPV6))
+                {
+                    out.push(leaf);
+                    continue;
+                }
+            }
+            let kind = self.kind(p);
+            let (xs, ys) =
+                if proto::has_ports(kind) { (&dports, &sports) } else { (&types, &codes) };
+            for &x in xs {
+                for &y in ys {
+                    if let Some(&leaf) = self.index.get(&(p, x, y)) {
+                        out.push(leaf);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Emit the search. Leaves with equal `content` are interchangeable, so adjacent
+    /// intervals whose whole subtrees have equal content are searched as one.
+    fn emit(
+        &self,
+        a: &mut Asm,
+        done: Label,
+        content: &dyn Fn(usize) -> Vec<u64>,
+        leaf: &mut dyn FnMut(&mut Asm, usize),
+    ) {
+        let port_or_icmp = |p: usize| {
+            let k = self.kind(p);
+            self.is_single(p) && (proto::has_ports(k) || k == proto::ICMP || k == proto::ICMPV6)
+        };
+        let inner = |p: usize| -> (&[u32], &[u32]) {
+            if proto::has_ports(self.kind(p)) {
+                (&self.dports, &self.sports)
+            } else {
+                (&self.types, &self.codes)
+            }
+        };
+        // The leaves under protocol interval p, row x (None: all rows).
+        let subtree = |p: usize, x: Option<usize>| -> Vec<Vec<u64>> {
+            if !port_or_icmp(p) {
+                return vec![content(self.index[&(p, 0, 0)])];
+            }
+            let (xs, ys) = inner(p);
+            let rows: Vec<usize> = match x {
+                Some(x) => vec![x],
+                None => (0..xs.len()).collect(),
+            };
+            let mut out = Vec::new();
+            for x in rows {
+                for y in 0..ys.len() {
+                    out.push(content(self.index[&(p, x, y)]));
+                }
+            }
+            out
+        };
+        // A protocol whose leaves all have the same content needs no inner search.
+        let uniform = |p: usize| {
+            let t = subtree(p, None);
+            t.windows(2).all(|w| w[0] == w[1]).then(|| t.into_iter().next())
+        };
+        // (p, 0, 0) is the first leaf under every protocol interval.
+        let first_leaf = |p: usize| self.index[&(p, 0, 0)];
+        a.push(Insn::ldx(Size::B, Reg::R1, STATE, abi::FLOW_PROTOCOL as i16));
+        let (pstarts, pfirst) = merge_equal(&self.protocols, |p| match uniform(p) {
+            Some(only) => (true, vec![only.unwrap_or_default()]),
+            None => (false, subtree(p, None)),
+        });
+        emit_intervals(a, Reg::R1, &pstarts, done, &mut |a, pi| {
+            let p = pfirst[pi];
+            if !port_or_icmp(p) || uniform(p).is_some() {
+                leaf(a, first_leaf(p));
+                return;
+            }
+            let (xs, ys) = inner(p);
+            let (xoff, yoff) = if proto::has_ports(self.kind(p)) {
+                (abi::FLOW_DST_PORT, abi::FLOW_SRC_PORT)
+            } else {
+                (abi::FLOW_ICMP_TYPE, abi::FLOW_ICMP_CODE)
+            };
+            let size = if proto::has_ports(self.kind(p)) { Size::H } else { Size::B };
+            let (xstarts, xfirst) = merge_equal(xs, |x| subtree(p, Some(x)));
+            let multi_y = ys.len() > 1;
+            if xstarts.len() > 1 {
+                a.push(Insn::ldx(size, Reg::R2, STATE, xoff as i16));
+            }
+            if multi_y {
+                a.push(Insn::ldx(size, Reg::R3, STATE, yoff as i16));
+            }
+            emit_intervals(a, Reg::R2, &xstarts, done, &mut |a, xi| {
+                let x = xfirst[xi];
+                let (ystarts, yfirst) = merge_equal(ys, |y| content(self.index[&(p, x, y)]));
+                emit_intervals(a, Reg::R3, &ystarts, done, &mut |a, yi| {
+                    leaf(a, self.index[&(p, x, yfirst[yi])]);
+                });
+            });
+        });
+    }
+}
+
+/// Merge adjacent intervals of `starts` whose `sig` is equal: the merged starts, and for
+/// each merged interval the first original interval in it.
+fn merge_equal<T: PartialEq>(starts: &[u32], sig: impl Fn(usize) -> T) -> (Vec<u32>, Vec<usize>) {
+    let mut out_starts = Vec::new();
+    let mut first = Vec::new();
+    let mut last: Option<T> = None;
+    for (i, &st) in starts.iter().enumerate() {
+        let s = sig(i);
+        if last.as_ref() != Some(&s) {
+            out_starts.push(st);
+            first.push(i);
+            last = Some(s);
+        }
+    }
+    (out_starts, first)
+}
+
+/// What the optimiser knows about one program's endpoint.
+struct Context<'a> {
+    ep: &'a EndpointPolicy,
+    own: IpAddr,
+    family: Family,
+    peer_is_src: bool,
+    /// Set lookups for `rule_matches`, with named-port sets cut to what matters.
+    view: EndpointPolicy,
+    classes: Vec<Class>,
+    /// Per referenced IP set: the classes inside it (bitset).
+    set_classes: BTreeMap<IpSetId, Vec<u64>>,
+}
+
+impl<'a> Context<'a> {
+    fn new(ep: &'a EndpointPolicy, own: IpAddr, family: Family, peer_is_src: bool) -> Self {
+        let view = EndpointPolicy {
+            endpoint: ep.endpoint.clone(),
+            addresses: ep.addresses.clone(),
+            direction: ep.direction,
+            tiers: Vec::new(),
+            ip_sets: ep.ip_sets.clone(),
+            port_sets: ep.port_sets.clone(),
+        };
+        Context {
+            ep,
+            own,
+            family,
+            peer_is_src,
+            view,
+            classes: Vec::new(),
+            set_classes: BTreeMap::new(),
+        }
+    }
+
+    /// (peer end, own end) of a match.
+    fn ends<'m>(&self, m: &'m Match) -> (&'m EndMatch, &'m EndMatch) {
+        if self.peer_is_src {
+            (&m.src, &m.dst)
+        } else {
+            (&m.dst, &m.src)
+        }
+    }
+
+    /// The match with the own end's address conditions evaluated (None: never matches).
+    fn fold_own(&self, m: &Match) -> Option<Match> {
+        let mut m = m.clone();
+        let own_end = if self.peer_is_src { &mut m.dst } else { &mut m.src };
+        let contains = |id: &IpSetId| self.ep.ip_set(*id).is_some_and(|s| s.contains(&self.own));
+        if !own_end.in_sets.iter().all(contains) || own_end.not_in_sets.iter().any(contains) {
+            return None;
+        }
+        own_end.in_sets.clear();
+        own_end.not_in_sets.clear();
+        Some(m)
+    }
+
+    /// Address classes from the peer-side sets and named-port hosts of `rules`.
+    fn build_classes(&mut self, rules: &[&FlatRule]) {
+        let mut prefixes: BTreeSet<Prefix> = BTreeSet::new();
+        let mut sets: BTreeSet<IpSetId> = BTreeSet::new();
+        for r in rules {
+            let (peer, _) = self.ends(&r.matches);
+            sets.extend(peer.in_sets.iter().chain(&peer.not_in_sets));
+            for pm in peer.ports.iter().chain(&peer.not_ports) {
+                for id in &pm.named {
+                    if let Some(s) = self.ep.port_set(*id) {
+                        for m in &s.members {
+                            if Family::of(&m.addr) == self.family {
+                                prefixes.insert(Prefix::host(m.addr));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for id in &sets {
+            if let Some(s) = self.ep.ip_set(*id) {
+                prefixes.extend(s.members.iter().filter(|p| p.family() == self.family));
+            }
+        }
+        let sorted: Vec<Prefix> = prefixes.into_iter().collect();
+        // Pre-order: a prefix's descendants follow it contiguously.
+        let bits = self.family.bits() as u32;
+        let span = |p: &Prefix| -> (u128, u128) {
+            let start = addr_bits(&p.addr());
+            let size = if bits - p.len() as u32 >= 128 {
+                u128::MAX
+            } else {
+                (1u128 << (bits - p.len() as u32)) - 1
+            };
+            (start, start.saturating_add(size))
+        };
+        let starts: Vec<u128> = sorted.iter().map(|p| span(p).0).collect();
+        // Laminar prefixes in (start, length) order: the descendants of prefix i are the
+        // run after it that starts inside it.
+        let subtree_end: Vec<usize> = sorted
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let end = span(p).1;
+                (i + 1).max(starts.partition_point(|&s| s <= end))
+            })
+            .collect();
+        // Representatives: a gap between a prefix's children (or the top-level prefixes).
+        let max = if bits == 32 { u32::MAX as u128 } else { u128::MAX };
+        let gap = |lo: u128, hi: u128, children: &mut dyn Iterator<Item = (u128, u128)>| {
+            let mut cursor = lo;
+            for (s, e) in children {
+                if s > cursor {
+                    return Some(cursor);
+                }
+                if e >= hi {
+                    return None;
+                }
+                cursor = cursor.max(e + 1);
+            }
+            (cursor <= hi).then_some(cursor)
+        };
+        let children = |from: usize, to: usize| {
+            let mut out = Vec::new();
+            let mut k = from;
+            while k < to {
+                out.push(span(&sorted[k]));
+                k = subtree_end[k];
+            }
+            out
+        };
+        let mut classes = vec![Class {
+            prefix: Some(self.default_prefix()),
+            rep: gap(0, max, &mut children(0, sorted.len()).into_iter())
+                .map(|b| addr_of(self.family, b)),
+        }];
+        for (i, p) in sorted.iter().enumerate() {
+            let (lo, hi) = span(p);
+            let rep = gap(lo, hi, &mut children(i + 1, subtree_end[i]).into_iter());
+            if p.len() == 0 {
+                // The default entry is this prefix.
+                classes[0].rep = rep.map(|b| addr_of(self.family, b));
+                continue;
+            }
+            classes.push(Class { prefix: Some(*p), rep: rep.map(|b| addr_of(self.family, b)) });
+        }
+        // Class index of each sorted prefix (the /0, if any, is class 0).
+        let mut class_of = Vec::with_capacity(sorted.len());
+        let mut next = 1;
+        for p in &sorted {
+            if p.len() == 0 {
+                class_of.push(0);
+            } else {
+                class_of.push(next);
+                next += 1;
+            }
+        }
+        let words = classes.len().div_ceil(64);
+        for id in sets {
+            let mut bitset = vec![0u64; words];
+            if let Some(s) = self.ep.ip_set(id) {
+                for m in s.members.iter().filter(|p| p.family() == self.family) {
+                    if let Ok(i) = sorted.binary_search(m) {
+                        for &c in &class_of[i..subtree_end[i]] {
+                            bitset[c / 64] |= 1 << (c % 64);
+                        }
+                        if m.len() == 0 {
+                            bitset.iter_mut().for_each(|w| *w = u64::MAX);
+                        }
+                    }
+                }
+            }
+            self.set_classes.insert(id, bitset);
+        }
+        self.classes = classes;
+    }
+
+    fn default_prefix(&self) -> Prefix {
+        let zero = match self.family {
+            Family::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            Family::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        Prefix::new(zero, 0).unwrap_or(Prefix::host(zero))
+    }
+
+    /// The classes (with a representative) whose addresses satisfy `r`'s peer-address sets.
+    fn class_members(&self, r: &FlatRule) -> Vec<usize> {
+        let (peer, _) = self.ends(&r.matches);
+        let words = self.classes.len().div_ceil(64);
+        let mut bits = vec![u64::MAX; words];
+        for id in &peer.in_sets {
+            match self.set_classes.get(id) {
+                Some(s) => bits.iter_mut().zip(s).for_each(|(b, s)| *b &= s),
+                None => bits.iter_mut().for_each(|b| *b = 0),
+            }
+        }
+        for id in &peer.not_in_sets {
+            if let Some(s) = self.set_classes.get(id) {
+                bits.iter_mut().zip(s).for_each(|(b, s)| *b &= !s);
+            }
+        }
+        (0..self.classes.len())
+            .filter(|&c| bits[c / 64] >> (c % 64) & 1 == 1 && self.classes[c].rep.is_some())
+            .collect()
+    }
+
+    /// Whether `r`'s port side (and coupled named ports, with the peer at `peer`) matches
+    /// the port class `rep`; its address sets are decided by the class tables.
+    fn port_side_matches(&self, r: &FlatRule, rep: &PortRep, peer: IpAddr) -> bool {
+        let (src, dst) = if self.peer_is_src { (peer, self.own) } else { (self.own, peer) };
+        let flow = Flow {
+            src,
+            dst,
+            protocol: rep.protocol,
+            src_port: rep.src_port,
+            dst_port: rep.dst_port,
+            icmp_type: rep.icmp.map(|(t, _)| t),
+            icmp_code: rep.icmp.map(|(_, c)| c),
+        };
+        rule_matches(&self.view, &r.port_match, &flow)
+    }
+
+    /// Pair class of each address class: classes the pair rules' sets (and named-port
+    /// hosts) cannot tell apart share one.
+    fn pair_classes(&self, rules: &[&FlatRule]) -> Vec<u32> {
+        let mut sets: BTreeSet<IpSetId> = BTreeSet::new();
+        let mut named_hosts = false;
+        for r in rules {
+            let (peer, _) = self.ends(&r.matches);
+            sets.extend(peer.in_sets.iter().chain(&peer.not_in_sets));
+            named_hosts |= r.coupled;
+        }
+        let mut ids: BTreeMap<(Vec<bool>, Option<Prefix>), u32> = BTreeMap::new();
+        (0..self.classes.len())
+            .map(|c| {
+                let inside: Vec<bool> = sets
+                    .iter()
+                    .map(|id| {
+                        self.set_classes.get(id).is_some_and(|b| b[c / 64] >> (c % 64) & 1 == 1)
+                    })
+                    .collect();
+                // A named-port host is its own class (its ports are its own).
+                let host =
+                    self.classes[c].prefix.filter(|p| named_hosts && p.len() == self.family.bits());
+                let next = ids.len() as u32;
+                *ids.entry((inside, host)).or_insert(next)
+            })
+            .collect()
+    }
+
+    /// The port-class tree for `rules`.
+    fn build_port_tree(&self, rules: &[&FlatRule]) -> PortTree {
+        let mut protos: BTreeSet<u32> = BTreeSet::new();
+        let mut dports: BTreeSet<u32> = BTreeSet::new();
+        let mut sports: BTreeSet<u32> = BTreeSet::new();
+        let mut types: BTreeSet<u32> = BTreeSet::new();
+        let mut codes: BTreeSet<u32> = BTreeSet::new();
+        let mut any_ports = false;
+        let mut any_icmp = false;
+        let mut named: BTreeMap<polc_ir::PortSetId, Vec<u16>> = BTreeMap::new();
+        let range_bounds = |set: &mut BTreeSet<u32>, lo: u16, hi: u16| {
+            set.insert(lo as u32);
+            if hi < u16::MAX {
+                set.insert(hi as u32 + 1);
+            }
+        };
+        for r in rules {
+            let m = &r.matches;
+            for p in m.protocol.iter().chain(&m.not_protocol) {
+                protos.insert(*p as u32);
+            }
+            for icmp in m.icmp.iter().chain(&m.not_icmp) {
+                any_icmp = true;
+                range_bounds(&mut types, icmp.icmp_type as u16, icmp.icmp_type as u16);
+                if let Some(c) = icmp.code {
+                    range_bounds(&mut codes, c as u16, c as u16);
+                }
+            }
+            for (end, set) in [(&m.src, &mut sports), (&m.dst, &mut dports)] {
+                for pm in end.ports.iter().chain(&end.not_ports) {
+                    any_ports = true;
+                    for range in &pm.ranges {
+                        range_bounds(set, range.lo, range.hi);
+                    }
+                    for id in &pm.named {
+                        for member in self.ep.port_set(*id).iter().flat_map(|s| &s.members) {
+                            range_bounds(set, member.port, member.port);
+                            protos.insert(member.protocol as u32);
+                            named.entry(*id).or_default().push(member.port);
+                        }
+                    }
+                }
+            }
+        }
+        if any_ports {
+            protos.extend([proto::TCP, proto::UDP, proto::SCTP, proto::UDPLITE].map(u32::from));
+        }
+        if any_icmp {
+            protos.extend([proto::ICMP, proto::ICMPV6].map(u32::from));
+        }
+        let mut pbounds = BTreeSet::new();
+        for p in &protos {
+            range_bounds(&mut pbounds, *p as u16, *p as u16);
+        }
+        let protocols = starts_of(pbounds);
+        let dports = starts_of(dports);
+        let sports = starts_of(sports);
+        let types = starts_of(types);
+        let codes = starts_of(codes);
+        let mut leaves = Vec::new();
+        let mut index = BTreeMap::new();
+        for (p, &first) in protocols.iter().enumerate() {
+            let single = protocols.get(p + 1) == Some(&(first + 1));
+            let protocol = first as u8;
+            if single && proto::has_ports(protocol) {
+                for (d, &dp) in dports.iter().enumerate() {
+                    for (s, &sp) in sports.iter().enumerate() {
+                        index.insert((p, d, s), leaves.len());
+                        leaves.push(PortRep {
+                            protocol,
+                            src_port: sp as u16,
+                            dst_port: dp as u16,
+                            icmp: None,
+                        });
+                    }
+                }
+            } else if single && (protocol == proto::ICMP || protocol == proto::ICMPV6) {
+                for (ty, &tv) in types.iter().enumerate() {
+                    for (c, &cv) in codes.iter().enumerate() {
+                        index.insert((p, ty, c), leaves.len());
+                        leaves.push(PortRep {
+                            protocol,
+                            src_port: 0,
+                            dst_port: 0,
+                            icmp: Some((tv as u8, cv as u8)),
+                        });
+                    }
+                }
+            } else {
+                index.insert((p, 0, 0), leaves.len());
+                leaves.push(PortRep { protocol, src_port: 0, dst_port: 0, icmp: None });
+            }
+        }
+        PortTree { protocols, dports, sports, types, codes, leaves, index, named }
+    }
+}
+
+fn addr_bits(a: &IpAddr) -> u128 {
+    match a {
+        IpAddr::V4(v) => u32::from(*v) as u128,
+        IpAddr::V6(v) => u128::from(*v),
+    }
+}
+
+fn addr_of(family: Family, bits: u128) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::from(bits as u32)),
+        Family::V6 => IpAddr::V6(Ipv6Addr::from(bits)),
+    }
+}
