@@ -7,6 +7,7 @@ pub mod asm;
 pub mod cfg;
 pub mod codegen;
 pub mod compile;
+pub mod dataplane;
 pub mod elf;
 pub mod engine;
 pub mod error;

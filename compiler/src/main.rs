@@ -18,6 +18,16 @@ enum Command {
     Explain(polc::explain::ExplainArgs),
     /// Print a deterministic synthetic cluster (policy set on bench/target) for benchmarks.
     Synth(polc::synth::SynthArgs),
+    /// Attach compiled policy to pods' host-side interfaces (root; swaps atomically).
+    Attach(polc::dataplane::AttachArgs),
+    /// Remove every tc hook, program and pin polc made.
+    Detach(polc::dataplane::PinArgs),
+    /// Show attached endpoints, programs, conntrack fill and drop counters.
+    Status(polc::dataplane::PinArgs),
+    /// Print an attached policy's listing with per-rule hit counts.
+    Dump(polc::dataplane::DumpArgs),
+    /// Keep the attached policy in sync with the files (watch, debounce, re-attach).
+    Agent(polc::dataplane::AgentArgs),
 }
 
 fn main() {
@@ -34,6 +44,11 @@ fn main() {
         Command::Compile(args) => polc::compile::run(args),
         Command::Explain(args) => polc::explain::run(args),
         Command::Synth(args) => polc::synth::run(args),
+        Command::Attach(args) => polc::dataplane::run_attach(args),
+        Command::Detach(args) => polc::dataplane::run_detach(args),
+        Command::Status(args) => polc::dataplane::run_status(args),
+        Command::Dump(args) => polc::dataplane::run_dump(args),
+        Command::Agent(args) => polc::dataplane::run_agent(args),
     };
     if let Err(e) = result {
         eprintln!("polc: {e}");

@@ -92,6 +92,8 @@ struct FlatRule {
     port_dependent: bool,
     /// Named ports on the peer side: membership couples address and port.
     coupled: bool,
+    /// For the listing: `rule id N: tier ... / policy ... / rule i: action`.
+    about: String,
 }
 
 /// Generate the -O2 program, or say why not.
@@ -128,6 +130,7 @@ pub fn generate(
                     kind: pol.source.kind.clone(),
                     index: rule.index,
                 };
+                let about = format!("{}: {}", key.describe(), rule.action.as_str());
                 let id = rules.id(key) as u64;
                 let action = match rule.action {
                     Action::Log => continue,
@@ -166,6 +169,7 @@ pub fn generate(
                     addr_dependent,
                     port_dependent,
                     coupled,
+                    about: format!("rule id {id}: {about}"),
                 });
                 rank += 1;
             }
@@ -280,7 +284,7 @@ pub fn generate(
     let fail = a.label();
     let decide = a.label();
     a.comment(format!(
-        "-O2 prologue: r7 = this CPU's FlowState; {} rules in {} tiers, {} address classes, \
+        "-O2 class tables: {} rules in {} tiers, {} address classes, \
          {} port classes, {} address x port pairs",
         flat.len(),
         tiers,
@@ -288,6 +292,18 @@ pub fn generate(
         tree.leaves.len(),
         h.len()
     ));
+    // The rules in evaluation order: where each lives, so a reader (and `polc dump`, which
+    // annotates lines naming a rule id) can find it.
+    for r in &flat {
+        let table = match (r.addr_dependent, r.port_dependent) {
+            (false, false) => "matches everything: in the class map (F)",
+            (true, false) => "address only: in the class map (F)",
+            (false, true) => "port only: stored by the port tree (G)",
+            (true, true) => "address and port: stored by the pair tree (H)",
+        };
+        a.comment(format!("{} [{table}, value {:#x}]", r.about, r.value));
+    }
+    a.comment("prologue: r7 = this CPU's FlowState (drop if missing)");
     a.push(Insn::mov64(CTX, Reg::R1));
     a.push(Insn::st(Size::W, Reg::R10, STACK_U32_KEY, abi::STATE_KEY as i32));
     a.push(Insn::mov64(Reg::R2, Reg::R10));
@@ -346,6 +362,7 @@ pub fn generate(
         tree.emit(&mut a, done, &content, &mut |a, q| {
             for (t, &v) in g[q].iter().enumerate() {
                 if v != END {
+                    a.comment(format!("G[{t}] = rule id {}", v >> 2 & 0x3fff_ffff));
                     store_value(a, g_slot(t), v);
                 }
             }
@@ -370,6 +387,7 @@ pub fn generate(
             emit_exact(a, QREG, &qs, done, &mut |a, j| {
                 for (t, &v) in entries[j].1.iter().enumerate() {
                     if v != END {
+                        a.comment(format!("H[{t}] = rule id {}", v >> 2 & 0x3fff_ffff));
                         store_value(a, h_slot(t), v);
                     }
                 }

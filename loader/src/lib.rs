@@ -2,8 +2,12 @@
 //!
 //! - [`sys`]: a thin, safe raw `bpf(2)` layer (maps, program load with verifier log, test run).
 //! - [`runtime`]: the embedded tc runtime object, loaded with aya.
+//! - [`bpffs`]: pins, objects by id, TCX links and hook queries, the pin-path lock.
+//! - [`dataplane`]: attach / atomic swap / status / dump / detach of compiled policy.
 //! - [`guard`]: the skip-or-fail gate for kernel tests (`POLC_REQUIRE_KERNEL=1`).
 
+pub mod bpffs;
+pub mod dataplane;
 pub mod guard;
 pub mod runtime;
 pub mod sys;

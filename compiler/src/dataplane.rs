@@ -1,0 +1,583 @@
+//! `polc attach|detach|status|dump`: turns a compile and `--endpoint NS/POD=IFNAME` into the
+//! loader's neutral description ([`polc_loader::dataplane::Desired`]) and prints what the
+//! loader reports.
+
+use crate::codegen::map;
+use crate::compile::{listing, Compiled, CompiledProgram, OutputFormat};
+use crate::error::{print_stdout, Error, Result};
+use polc_ir::{Direction, Family};
+use polc_loader::dataplane::{
+    self as dp, AttachOptions, Desired, EndpointAttach, MapBinding, MapDef, PolicyDirection,
+    PolicyProgram, TcMode,
+};
+use polc_loader::RuntimeConfig;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Flags of `polc attach`.
+#[derive(clap::Args, Debug)]
+pub struct AttachArgs {
+    /// Policy/cluster YAML: a file or directory (recursive); repeatable.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// `NAMESPACE/POD=IFNAME`: enforce the pod's policy on its host-side interface
+    /// (in the current network namespace); repeatable.
+    #[arg(long = "endpoint", required = true)]
+    pub endpoints: Vec<String>,
+    /// Where polc pins its maps, programs and links (on bpffs).
+    #[arg(long = "pin-path", default_value = dp::DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    /// tc attachment: TCX links where available (auto), TCX only, or legacy clsact filters.
+    #[arg(long = "tc-mode", value_enum, default_value = "auto")]
+    pub tc_mode: TcModeArg,
+    /// Conntrack capacity, used when the runtime is first loaded.
+    #[arg(long = "ct-entries", default_value_t = polc_abi::CT_DEFAULT_ENTRIES,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub ct_entries: u32,
+    /// `text` or `json`.
+    #[arg(long = "output", value_enum, default_value = "text")]
+    pub output: OutputFormat,
+}
+
+/// `--tc-mode` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcModeArg {
+    Auto,
+    Tcx,
+    Legacy,
+}
+
+/// Flags of `polc detach` and `polc status`.
+#[derive(clap::Args, Debug)]
+pub struct PinArgs {
+    /// Where polc pinned its objects.
+    #[arg(long = "pin-path", default_value = dp::DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    /// `text` or `json`.
+    #[arg(long = "output", value_enum, default_value = "text")]
+    pub output: OutputFormat,
+}
+
+/// Flags of `polc dump`.
+#[derive(clap::Args, Debug)]
+pub struct DumpArgs {
+    /// The pod's host-side interface.
+    pub ifname: String,
+    /// Which policy: `ingress` (traffic to the pod) or `egress` (from it); both if omitted.
+    #[arg(long = "hook", value_enum)]
+    pub hook: Option<HookArg>,
+    /// Where polc pinned its objects.
+    #[arg(long = "pin-path", default_value = dp::DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    /// `text` or `json`.
+    #[arg(long = "output", value_enum, default_value = "text")]
+    pub output: OutputFormat,
+}
+
+/// Flags of `polc agent`.
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    /// Policy/cluster YAML: a file or directory (recursive); repeatable. Watched.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// `NAMESPACE/POD=IFNAME`; repeatable.
+    #[arg(long = "endpoint", required = true)]
+    pub endpoints: Vec<String>,
+    /// Where polc pins its maps, programs and links (on bpffs).
+    #[arg(long = "pin-path", default_value = dp::DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    /// How often to look at the files, in milliseconds.
+    #[arg(long = "interval-ms", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub interval_ms: u64,
+    /// A change is applied once the files stayed unchanged this long (milliseconds).
+    #[arg(long = "debounce-ms", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub debounce_ms: u64,
+}
+
+/// `--hook` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookArg {
+    Ingress,
+    Egress,
+}
+
+fn loader_err(e: dp::DataplaneError) -> Error {
+    match e {
+        dp::DataplaneError::Invalid(m) => Error::input(m),
+        dp::DataplaneError::Failed(m) => Error::other(m),
+        e => Error::other(e.to_string()),
+    }
+}
+
+/// Parses `NAMESPACE/POD=IFNAME`.
+pub fn parse_endpoint(s: &str) -> Result<(String, String)> {
+    let bad = || Error::input(format!("--endpoint `{s}`: expected NAMESPACE/POD=IFNAME"));
+    let (pod, ifname) = s.split_once('=').ok_or_else(bad)?;
+    let (ns, name) = pod.split_once('/').ok_or_else(bad)?;
+    if ns.is_empty() || name.is_empty() || name.contains('/') || ifname.is_empty() {
+        return Err(bad());
+    }
+    if ifname.len() > 15 || ifname.contains(['/', ' ', '\0']) {
+        return Err(Error::input(format!("--endpoint `{s}`: `{ifname}` is not an interface name")));
+    }
+    Ok((pod.to_string(), ifname.to_string()))
+}
+
+fn family_tag(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "v4",
+        Family::V6 => "v6",
+    }
+}
+
+fn label(p: &CompiledProgram) -> String {
+    let mut eps = p.endpoints.iter().take(3).cloned().collect::<Vec<_>>().join(",");
+    if p.endpoints.len() > 3 {
+        eps.push_str(&format!(" and {} more", p.endpoints.len() - 3));
+    }
+    format!("{} IPv{} {eps}", p.direction.as_str(), p.family.number())
+}
+
+/// The program of `pod` for `direction`; an error if the pod has none or one per family.
+fn program_of(compiled: &Compiled, pod: &str, direction: Direction) -> Result<usize> {
+    let found: Vec<usize> = compiled
+        .programs
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.direction == direction && p.endpoints.iter().any(|e| e == pod))
+        .map(|(i, _)| i)
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(Error::input(format!(
+            "--endpoint {pod}: no such pod with an IP address in the cluster files"
+        ))),
+        _ => Err(Error::input(format!(
+            "--endpoint {pod}: the pod has IPv4 and IPv6 addresses; the runtime has one policy \
+             slot per direction, so dual-stack pods cannot be attached yet"
+        ))),
+    }
+}
+
+/// The loader's description of `compiled` enforced on `endpoints` (pod, ifname).
+pub fn desired(compiled: &Compiled, endpoints: &[(String, String)]) -> Result<Desired> {
+    let mut d = Desired {
+        rules: (0..compiled.rules.len() as u32)
+            .map(|id| compiled.rules.key(id).map(|k| k.describe()).unwrap_or_default())
+            .collect(),
+        ..Desired::default()
+    };
+    // Compiled program index -> Desired program index.
+    let mut used: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut pairs = Vec::new();
+    for (pod, ifname) in endpoints {
+        let ing = program_of(compiled, pod, Direction::Ingress)?;
+        let eg = program_of(compiled, pod, Direction::Egress)?;
+        for i in [ing, eg] {
+            let next = used.len();
+            used.entry(i).or_insert(next);
+        }
+        pairs.push((pod, ifname, ing, eg));
+    }
+    // Shared maps: one IP-set trie per family in use, one named-port hash, one counter array.
+    let mut shared: BTreeMap<(u32, u8), usize> = BTreeMap::new();
+    let mut order: Vec<(usize, usize)> = used.iter().map(|(&c, &k)| (k, c)).collect();
+    order.sort();
+    for &(_, ci) in &order {
+        let p = compiled.programs.get(ci).ok_or_else(|| Error::other("program index"))?;
+        let mut maps = Vec::new();
+        for spec in compiled.program_map_specs(p) {
+            let binding = match spec.handle {
+                map::STATE => MapBinding::RuntimeState,
+                map::JUMP => MapBinding::RuntimeJump,
+                map::PARTS => MapBinding::OwnParts,
+                h @ (map::IPSETS | map::NAMED_PORTS | map::COUNTERS) => {
+                    let fam = if h == map::IPSETS { p.family.number() } else { 0 };
+                    let idx = match shared.get(&(h, fam)) {
+                        Some(&i) => i,
+                        None => {
+                            let entries = match h {
+                                map::IPSETS => {
+                                    compiled.ipset_entries.get(&fam).cloned().unwrap_or_default()
+                                }
+                                map::NAMED_PORTS => compiled.named_port_entries.clone(),
+                                _ => Vec::new(),
+                            };
+                            let name = if h == map::IPSETS {
+                                format!("ipsets_{}", family_tag(p.family))
+                            } else if h == map::NAMED_PORTS {
+                                "named_ports".to_string()
+                            } else {
+                                "rule_hits".to_string()
+                            };
+                            d.maps.push(MapDef {
+                                name,
+                                kind: spec.kind,
+                                key_size: spec.key_size,
+                                value_size: spec.value_size,
+                                max_entries: spec.max_entries,
+                                entries,
+                            });
+                            shared.insert((h, fam), d.maps.len() - 1);
+                            d.maps.len() - 1
+                        }
+                    };
+                    MapBinding::Shared(idx)
+                }
+                h => match p.local_maps.iter().find(|m| m.spec.handle == h) {
+                    // The program's own maps (the -O2 address classes): one per program.
+                    Some(local) => {
+                        d.maps.push(MapDef {
+                            name: format!("classes_{}", d.programs.len()),
+                            kind: local.spec.kind,
+                            key_size: local.spec.key_size,
+                            value_size: local.spec.value_size,
+                            max_entries: local.spec.max_entries,
+                            entries: local.entries.clone(),
+                        });
+                        MapBinding::Shared(d.maps.len() - 1)
+                    }
+                    None => {
+                        return Err(Error::other(format!("program uses unknown map handle {h}")))
+                    }
+                },
+            };
+            maps.push((spec.handle, binding));
+        }
+        let counters = shared.get(&(map::COUNTERS, 0)).copied();
+        d.programs.push(PolicyProgram {
+            label: label(p),
+            parts: p.parts.iter().map(|part| part.bytes.clone()).collect(),
+            maps,
+            counters,
+            listing: listing(compiled, p),
+            insns: p.insns(),
+        });
+    }
+    for (pod, ifname, ing, eg) in pairs {
+        let (Some(&ingress), Some(&egress)) = (used.get(&ing), used.get(&eg)) else {
+            return Err(Error::other("internal: program index"));
+        };
+        d.endpoints.push(EndpointAttach {
+            name: pod.clone(),
+            ifname: ifname.clone(),
+            ingress,
+            egress,
+        });
+    }
+    Ok(d)
+}
+
+/// `polc attach`.
+pub fn run_attach(args: &AttachArgs) -> Result<()> {
+    let endpoints = args.endpoints.iter().map(|s| parse_endpoint(s)).collect::<Result<Vec<_>>>()?;
+    let compiled = crate::compile::compile_files(&args.files)?;
+    let d = desired(&compiled, &endpoints)?;
+    let opts = AttachOptions {
+        pin_path: args.pin_path.clone(),
+        tc_mode: match args.tc_mode {
+            TcModeArg::Auto => TcMode::Auto,
+            TcModeArg::Tcx => TcMode::Tcx,
+            TcModeArg::Legacy => TcMode::Legacy,
+        },
+        runtime: RuntimeConfig { ct_max_entries: args.ct_entries, ..RuntimeConfig::default() },
+    };
+    let report = dp::attach(&d, &opts).map_err(loader_err)?;
+    match args.output {
+        OutputFormat::Json => print_stdout(&format!("{}\n", to_json(&report)?)),
+        OutputFormat::Text => {
+            let mut out = format!(
+                "generation {}: {} programs loaded, {} endpoints in {} ms{}\n",
+                report.generation,
+                report.programs_loaded,
+                report.endpoints.len(),
+                report.elapsed_us / 1000,
+                if report.runtime_loaded { " (runtime loaded)" } else { "" }
+            );
+            for e in &report.endpoints {
+                out.push_str(&format!(
+                    "  {} on {} (ifindex {}): ingress slot {}, egress slot {}\n",
+                    e.name, e.ifname, e.ifindex, e.ingress_slot, e.egress_slot
+                ));
+            }
+            for i in &report.interfaces_detached {
+                out.push_str(&format!("  detached {i}\n"));
+            }
+            print_stdout(&out)
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string_pretty(v).map_err(|e| Error::other(format!("encoding JSON: {e}")))
+}
+
+/// `polc detach`.
+pub fn run_detach(args: &PinArgs) -> Result<()> {
+    let report = dp::detach(&args.pin_path).map_err(loader_err)?;
+    match args.output {
+        OutputFormat::Json => print_stdout(&format!("{}\n", to_json(&report)?)),
+        OutputFormat::Text => print_stdout(&format!(
+            "detached {} tc hooks, cleared {} policy slots, removed {} pins\n",
+            report.hooks.len(),
+            report.slots,
+            report.pins
+        )),
+    }
+}
+
+/// `polc status`.
+pub fn run_status(args: &PinArgs) -> Result<()> {
+    let st = dp::status(&args.pin_path).map_err(loader_err)?;
+    match args.output {
+        OutputFormat::Json => print_stdout(&format!("{}\n", to_json(&st)?)),
+        OutputFormat::Text => print_stdout(&status_text(&st)),
+    }
+}
+
+fn status_text(st: &dp::Status) -> String {
+    let mut out = format!("pin path {} (generation {})\n", st.pin_path, st.generation);
+    for p in &st.runtime {
+        out.push_str(&format!(
+            "runtime {} id {}: {} insns, {} bytes jited\n",
+            p.name, p.id, p.xlated_insns, p.jited_bytes
+        ));
+    }
+    for e in &st.endpoints {
+        let hooks: Vec<String> =
+            e.tc.iter()
+                .map(|h| {
+                    let state = match h.attached {
+                        Some(true) => "",
+                        Some(false) => " NOT ATTACHED",
+                        None => "",
+                    };
+                    format!("{} {:?}{state}", h.hook.as_str(), h.kind).to_lowercase()
+                })
+                .collect();
+        out.push_str(&format!(
+            "endpoint {} on {} (ifindex {}, id {}), tc: {}\n",
+            e.name,
+            e.ifname,
+            e.ifindex,
+            e.endpoint_id,
+            hooks.join(", ")
+        ));
+        for (dir, p) in [("ingress", &e.ingress), ("egress", &e.egress)] {
+            let kernel = p.kernel.as_ref().map_or("slot EMPTY".to_string(), |k| {
+                format!(
+                    "prog id {}, {} insns xlated, {} bytes jited",
+                    k.id, k.xlated_insns, k.jited_bytes
+                )
+            });
+            out.push_str(&format!(
+                "  {dir}: slot {}, {} insns in {} part(s), {kernel} [{}]\n",
+                p.slot, p.insns, p.parts, p.label
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "conntrack: {} of {} entries\ndrops:",
+        st.conntrack.entries, st.conntrack.max_entries
+    ));
+    for (reason, n) in &st.drops {
+        out.push_str(&format!(" {reason}={n}"));
+    }
+    out.push('\n');
+    out
+}
+
+/// `polc dump`.
+pub fn run_dump(args: &DumpArgs) -> Result<()> {
+    let dirs = match args.hook {
+        Some(HookArg::Ingress) => vec![PolicyDirection::Ingress],
+        Some(HookArg::Egress) => vec![PolicyDirection::Egress],
+        None => vec![PolicyDirection::Ingress, PolicyDirection::Egress],
+    };
+    let dumps = dirs
+        .into_iter()
+        .map(|d| dp::dump(Path::new(&args.pin_path), &args.ifname, d))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(loader_err)?;
+    match args.output {
+        OutputFormat::Json => print_stdout(&format!("{}\n", to_json(&dumps)?)),
+        OutputFormat::Text => {
+            let mut out = String::new();
+            for d in &dumps {
+                out.push_str(&format!(
+                    "; {} policy of {} (slot {}); hits are first packets decided, summed over \
+                     CPUs and over every endpoint sharing the rule\n",
+                    d.direction, d.endpoint, d.slot
+                ));
+                for r in &d.rules {
+                    out.push_str(&format!(
+                        ";   rule id {}: {} hits  {}\n",
+                        r.id, r.hits, r.description
+                    ));
+                }
+                out.push_str(&d.listing);
+                out.push('\n');
+            }
+            print_stdout(&out)
+        }
+    }
+}
+
+/// Path, size and modification time of every file under `paths` (recursive, sorted): a
+/// change in any of them means the cluster files changed.
+fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    fn walk(p: &Path, out: &mut Vec<(PathBuf, u64, Option<std::time::SystemTime>)>) {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => {
+                if let Ok(rd) = std::fs::read_dir(p) {
+                    for e in rd.flatten() {
+                        walk(&e.path(), out);
+                    }
+                }
+            }
+            Ok(m) => out.push((p.to_path_buf(), m.len(), m.modified().ok())),
+            Err(_) => out.push((p.to_path_buf(), u64::MAX, None)),
+        }
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        walk(p, &mut out);
+    }
+    out.sort();
+    out
+}
+
+/// `polc agent`: attaches, then re-attaches whenever the files change (debounced) and the
+/// resulting description differs from the applied one. A failed reconcile (bad YAML, a
+/// verifier rejection, an interface that does not exist yet) is reported and leaves the
+/// previous policy attached; it is retried every interval until it succeeds or the files
+/// change again. Runs until killed; the attached policy stays after it exits.
+pub fn run_agent(args: &AgentArgs) -> Result<()> {
+    let endpoints = args.endpoints.iter().map(|s| parse_endpoint(s)).collect::<Result<Vec<_>>>()?;
+    let opts = AttachOptions { pin_path: args.pin_path.clone(), ..AttachOptions::default() };
+    let interval = std::time::Duration::from_millis(args.interval_ms);
+    let debounce = std::time::Duration::from_millis(args.debounce_ms);
+    let mut applied: Option<Desired> = None;
+    let mut seen = fingerprint(&args.files);
+    let mut dirty = true;
+    loop {
+        if dirty {
+            let outcome = crate::compile::compile_files(&args.files)
+                .and_then(|c| desired(&c, &endpoints))
+                .and_then(|d| {
+                    if applied.as_ref() == Some(&d) {
+                        return Ok(None);
+                    }
+                    let r = dp::attach(&d, &opts).map_err(loader_err)?;
+                    applied = Some(d);
+                    Ok(Some(r))
+                });
+            // Retry a failed reconcile on the next tick (e.g. an interface not there yet).
+            let failed = outcome.is_err();
+            match outcome {
+                Ok(Some(r)) => eprintln!(
+                    "polc agent: generation {} attached: {} programs, {} endpoints in {} ms",
+                    r.generation,
+                    r.programs_loaded,
+                    r.endpoints.len(),
+                    r.elapsed_us / 1000
+                ),
+                Ok(None) => eprintln!("polc agent: files changed, policy unchanged"),
+                Err(e) => eprintln!("polc agent: not applied (previous policy stays): {e}"),
+            }
+            dirty = failed;
+        }
+        std::thread::sleep(interval);
+        let now = fingerprint(&args.files);
+        if now != seen {
+            // Debounce: wait until the files stop changing.
+            let mut last = now;
+            loop {
+                std::thread::sleep(debounce);
+                let again = fingerprint(&args.files);
+                if again == last {
+                    break;
+                }
+                last = again;
+            }
+            seen = last;
+            dirty = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_flags_parse_or_say_what_is_wrong() {
+        assert_eq!(
+            parse_endpoint("app/web=veth1").unwrap(),
+            ("app/web".to_string(), "veth1".to_string())
+        );
+        for bad in ["app/web", "web=veth1", "/web=v", "app/=v", "app/web=", "a/b/c=v"] {
+            let e = parse_endpoint(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert!(e.message.contains("NAMESPACE/POD=IFNAME"), "{bad}: {e}");
+        }
+        let e = parse_endpoint("a/b=sixteen-chars-xx").unwrap_err();
+        assert!(e.message.contains("not an interface name"), "{e}");
+    }
+
+    fn demo() -> Compiled {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/cases");
+        let file = PathBuf::from(dir).join("k8s-allow-from-pod-selector.yaml");
+        crate::compile::compile_files(&[file]).unwrap()
+    }
+
+    #[test]
+    fn the_description_binds_every_handle_and_shares_programs() {
+        let c = demo();
+        // app/web is dual-stack (refused below); app/db and other/client are IPv4 only.
+        let eps = vec![
+            ("app/db".to_string(), "veth0".to_string()),
+            ("other/client".to_string(), "veth1".to_string()),
+        ];
+        let d = desired(&c, &eps).unwrap();
+        assert_eq!(d.endpoints.len(), 2);
+        // Both pods have no egress policy: they share one egress program.
+        assert_eq!(d.endpoints[0].egress, d.endpoints[1].egress);
+        assert_ne!(d.endpoints[0].ingress, d.endpoints[1].ingress);
+        assert_eq!(d.programs.len(), 3);
+        for p in &d.programs {
+            let handles: Vec<u32> = p.maps.iter().map(|(h, _)| *h).collect();
+            for h in [map::STATE, map::JUMP, map::IPSETS, map::NAMED_PORTS, map::COUNTERS] {
+                assert!(handles.contains(&h), "{} lacks handle {h}", p.label);
+            }
+            assert!(p.counters.is_some());
+            assert!(p.listing.contains("rule id"), "{}", p.label);
+        }
+        let names: Vec<&str> = d.maps.iter().map(|m| m.name.as_str()).collect();
+        // Shared maps once; each -O2 program with address classes has its own class map.
+        let own = c.programs.iter().filter(|p| !p.local_maps.is_empty()).count();
+        assert!(own >= 1, "no -O2 program with a class map");
+        assert_eq!(names[..3], ["ipsets_v4", "named_ports", "rule_hits"]);
+        assert_eq!(names.len(), 3 + own.min(d.programs.len()));
+        assert!(names[3..].iter().all(|n| n.starts_with("classes_")), "{names:?}");
+        assert_eq!(d.maps[0].entries.len(), c.ipset_entries.get(&4).map_or(0, Vec::len));
+        assert_eq!(d.rules.len(), c.rules.len());
+    }
+
+    #[test]
+    fn dual_stack_pods_are_refused_with_the_reason() {
+        let e = desired(&demo(), &[("app/web".into(), "v".into())]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.message.contains("dual-stack"), "{e}");
+    }
+
+    #[test]
+    fn unknown_pods_are_input_errors() {
+        let c = demo();
+        let e = desired(&c, &[("nope/nope".into(), "v".into())]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.message.contains("nope/nope"), "{e}");
+    }
+}

@@ -1,0 +1,968 @@
+//! End to end in network namespaces: a node namespace with veth pairs to three pod
+//! namespaces, `polc attach` on the host-side interfaces, real TCP/UDP/ICMP between the
+//! pods, a policy swap under a live TCP connection, `polc status`, `polc dump`, and
+//! `polc detach` leaving no tc programs and no pins.
+//!
+//! Root only: without bpf(2)/netns rights the tests print `SKIP: ...` (and fail with
+//! `POLC_REQUIRE_KERNEL=1`). Every name carries the test's pid and a counter; traffic only
+//! flows between the namespaces the test creates; a Drop guard removes them (and the pins)
+//! even when an assertion fails. Every socket operation has a timeout.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use polc_loader::bpffs::{self, ATTACH_TCX_EGRESS, ATTACH_TCX_INGRESS};
+use polc_loader::require_kernel;
+
+const POLC: &str = env!("CARGO_BIN_EXE_polc");
+/// How long a denied flow is given before we call it dropped.
+const DENY_WAIT: Duration = Duration::from_millis(700);
+const ALLOW_WAIT: Duration = Duration::from_secs(3);
+
+// ------------------------------------------------------------------ shell helpers
+
+fn run(cmd: &str, args: &[&str]) -> Output {
+    let out =
+        Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn ip(args: &[&str]) {
+    run("ip", args);
+}
+
+/// Runs `f` on a fresh thread that joined network namespace `ns`; sockets it creates live
+/// there and can be used from any thread afterwards.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: a valid netns fd; affects only this thread.
+        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap_or_else(|_| panic!("thread in {ns} panicked"))
+}
+
+/// Runs the polc binary inside network namespace `ns` (network only: the mount namespace,
+/// and so the host's bpffs, stay the same, unlike `ip netns exec`).
+fn polc_in(ns: &str, args: &[&str]) -> Output {
+    let path = format!("/run/netns/{ns}");
+    let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let fd = file.as_raw_fd();
+    let mut cmd = Command::new(POLC);
+    cmd.args(args);
+    // SAFETY: setns is async-signal-safe; fd stays open in the parent until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let out = cmd.output().expect("run polc");
+    drop(file);
+    out
+}
+
+fn polc_ok(ns: &str, args: &[&str]) -> String {
+    let out = polc_in(ns, args);
+    assert!(
+        out.status.success(),
+        "polc {}: exit {:?}\n{}",
+        args.join(" "),
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// ------------------------------------------------------------------ the topology
+
+struct Pod {
+    name: &'static str,
+    ns: String,
+    ifname: String,
+    addr: Ipv4Addr,
+}
+
+/// Node + pod namespaces; removed (with polc's pins) on drop.
+struct Topology {
+    node: String,
+    pods: Vec<Pod>,
+    pin: PathBuf,
+    /// Where the test writes its cluster YAML.
+    files: PathBuf,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Topology {
+    fn new(pods: &[&'static str]) -> Topology {
+        let tag =
+            format!("{}{}", std::process::id() % 100_000, COUNTER.fetch_add(1, Ordering::SeqCst));
+        let node = format!("polcn{tag}");
+        let pin = PathBuf::from(format!("/sys/fs/bpf/polc_e2e_{tag}"));
+        let files = std::env::temp_dir().join(format!("polc_e2e_{tag}"));
+        let mut topo = Topology { node: node.clone(), pods: Vec::new(), pin, files };
+        ip(&["netns", "add", &node]);
+        run("ip", &["netns", "exec", &node, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        run("ip", &["netns", "exec", &node, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        ip(&["-n", &node, "link", "set", "lo", "up"]);
+        for (i, name) in pods.iter().enumerate() {
+            let ns = format!("polcp{tag}{i}");
+            let ifname = format!("pv{tag}{i}");
+            let addr = Ipv4Addr::new(10, 77, 0, i as u8 + 1);
+            // Registered first so a failure below still cleans this namespace up.
+            topo.pods.push(Pod { name, ns: ns.clone(), ifname: ifname.clone(), addr });
+            ip(&["netns", "add", &ns]);
+            run("ip", &["netns", "exec", &ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+            ip(&[
+                "-n",
+                &node,
+                "link",
+                "add",
+                &ifname,
+                "address",
+                "ee:ee:ee:ee:ee:ee",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &ns,
+            ]);
+            ip(&["-n", &node, "link", "set", &ifname, "up"]);
+            ip(&["-n", &node, "route", "add", &format!("{addr}/32"), "dev", &ifname]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            ip(&["-n", &ns, "addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            // Calico-style: a link-local gateway with a static neighbour entry.
+            ip(&["-n", &ns, "route", "add", "169.254.1.1", "dev", "eth0"]);
+            ip(&["-n", &ns, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"]);
+            ip(&[
+                "-n",
+                &ns,
+                "neigh",
+                "add",
+                "169.254.1.1",
+                "lladdr",
+                "ee:ee:ee:ee:ee:ee",
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ]);
+        }
+        topo
+    }
+
+    fn pod(&self, name: &str) -> &Pod {
+        self.pods.iter().find(|p| p.name == name).expect("pod")
+    }
+
+    fn endpoint_args(&self) -> Vec<String> {
+        self.pods
+            .iter()
+            .flat_map(|p| ["--endpoint".to_string(), format!("e2e/{}={}", p.name, p.ifname)])
+            .collect()
+    }
+
+    fn pin(&self) -> &str {
+        self.pin.to_str().expect("utf-8 pin path")
+    }
+
+    /// Pod YAML for the cluster file.
+    fn pods_yaml(&self) -> String {
+        let mut y = String::from("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: e2e\n");
+        for p in &self.pods {
+            y.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {n}\n  namespace: e2e\n  \
+                 labels:\n    app: {n}\nspec:\n  containers:\n  - name: c\n    image: x\n\
+                 status:\n  podIP: {a}\n",
+                n = p.name,
+                a = p.addr
+            ));
+        }
+        y
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if self.pin.exists() {
+            let pin = self.pin.clone();
+            let node = self.node.clone();
+            let _ = thread::spawn(move || {
+                if let Ok(f) = File::open(format!("/run/netns/{node}")) {
+                    // SAFETY: valid fd, this thread only.
+                    unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+                }
+                let _ = polc_loader::dataplane::detach(&pin);
+            })
+            .join();
+        }
+        for p in &self.pods {
+            let _ = Command::new("ip").args(["netns", "del", &p.ns]).output();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.node]).output();
+        if self.pin.exists() {
+            let _ = std::fs::remove_dir_all(&self.pin);
+        }
+        let _ = std::fs::remove_dir_all(&self.files);
+    }
+}
+
+// ------------------------------------------------------------------ traffic
+
+/// A TCP server in `pod` that echoes every read back; runs until the process ends.
+fn tcp_echo_server(pod: &Pod, port: u16) {
+    let addr = SocketAddr::from((pod.addr, port));
+    let listener = in_netns(&pod.ns, move || TcpListener::bind(addr).expect("bind"));
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut s = stream;
+                let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut buf = [0u8; 512];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn udp_echo_server(pod: &Pod, port: u16) {
+    let addr = SocketAddr::from((pod.addr, port));
+    let sock = in_netns(&pod.ns, move || UdpSocket::bind(addr).expect("bind udp"));
+    thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(&buf[..n], from);
+        }
+    });
+}
+
+/// Connects from `from` and exchanges one message; true if the echo came back.
+fn tcp_ok(from: &Pod, to: &Pod, port: u16) -> bool {
+    match tcp_connect(from, to, port) {
+        Some(mut s) => exchange(&mut s, b"hello"),
+        None => false,
+    }
+}
+
+fn tcp_connect(from: &Pod, to: &Pod, port: u16) -> Option<TcpStream> {
+    let addr = SocketAddr::from((to.addr, port));
+    let s = in_netns(&from.ns, move || TcpStream::connect_timeout(&addr, DENY_WAIT).ok())?;
+    s.set_read_timeout(Some(ALLOW_WAIT)).ok()?;
+    s.set_write_timeout(Some(ALLOW_WAIT)).ok()?;
+    Some(s)
+}
+
+fn exchange(s: &mut TcpStream, msg: &[u8]) -> bool {
+    let mut buf = vec![0u8; msg.len()];
+    s.write_all(msg).is_ok() && s.read_exact(&mut buf).is_ok() && buf == msg
+}
+
+fn udp_ok(from: &Pod, to: &Pod, port: u16) -> bool {
+    let dst = SocketAddr::from((to.addr, port));
+    let src = SocketAddr::from((from.addr, 0));
+    let sock = in_netns(&from.ns, move || UdpSocket::bind(src).expect("bind udp client"));
+    sock.set_read_timeout(Some(DENY_WAIT)).expect("timeout");
+    if sock.send_to(b"ping", dst).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(sock.recv_from(&mut buf), Ok((4, f)) if f == dst && &buf[..4] == b"ping")
+}
+
+fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// One ICMP echo from `from` to `to` over a raw socket; true if the reply came back.
+fn ping_ok(from: &Pod, to: &Pod) -> bool {
+    let fd = in_netns(&from.ns, || {
+        // SAFETY: plain socket(2).
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        // SAFETY: a fresh fd we own.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    });
+    let id = (std::process::id() as u16) ^ 0x5a5a;
+    let mut pkt = vec![8u8, 0, 0, 0];
+    pkt.extend_from_slice(&id.to_be_bytes());
+    pkt.extend_from_slice(&1u16.to_be_bytes());
+    pkt.extend_from_slice(b"polc-e2e");
+    let c = checksum(&pkt);
+    pkt[2..4].copy_from_slice(&c.to_be_bytes());
+    let dst = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(to.addr.octets()) },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: valid buffer and address.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            (&dst as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    if sent < 0 {
+        return false;
+    }
+    let deadline = Instant::now() + DENY_WAIT;
+    let mut buf = [0u8; 256];
+    while Instant::now() < deadline {
+        let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let left = deadline.saturating_duration_since(Instant::now()).as_millis() as i32;
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, left.max(1)) } <= 0 {
+            return false;
+        }
+        // SAFETY: valid buffer.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 28 {
+            continue;
+        }
+        let ihl = usize::from(buf[0] & 0x0f) * 4;
+        let src = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
+        let icmp = &buf[ihl..n as usize];
+        if src == to.addr && icmp.len() >= 8 && icmp[0] == 0 && icmp[4..6] == id.to_be_bytes() {
+            return true;
+        }
+    }
+    false
+}
+
+// ------------------------------------------------------------------ policies
+
+/// v1: server accepts TCP 8080, UDP 5353 and ICMP echo from client only; client has a
+/// default-deny ingress (its replies must come back through conntrack); other: no policy.
+const POLICY_V1: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata:
+  name: server-ingress
+  namespace: e2e
+spec:
+  selector: app == 'server'
+  types: [Ingress]
+  ingress:
+  - action: Allow
+    protocol: TCP
+    source:
+      selector: app == 'client'
+    destination:
+      ports: [8080]
+  - action: Allow
+    protocol: UDP
+    source:
+      selector: app == 'client'
+    destination:
+      ports: [5353]
+  - action: Allow
+    protocol: ICMP
+    source:
+      selector: app == 'client'
+    icmp:
+      type: 8
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: client-default-deny
+  namespace: e2e
+spec:
+  podSelector:
+    matchLabels:
+      app: client
+  policyTypes: [Ingress]
+"#;
+
+/// v2: TCP 8080 on the server now only from `other`; the client loses it.
+const POLICY_V2: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata:
+  name: server-ingress
+  namespace: e2e
+spec:
+  selector: app == 'server'
+  types: [Ingress]
+  ingress:
+  - action: Allow
+    protocol: TCP
+    source:
+      selector: app == 'other'
+    destination:
+      ports: [8080]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: client-default-deny
+  namespace: e2e
+spec:
+  podSelector:
+    matchLabels:
+      app: client
+  policyTypes: [Ingress]
+"#;
+
+fn write_cluster(dir: &Path, topo: &Topology, policy: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let f = dir.join("cluster.yaml");
+    std::fs::write(&f, format!("{}---{policy}", topo.pods_yaml())).expect("write yaml");
+    f
+}
+
+fn attach(topo: &Topology, file: &Path) -> serde_json::Value {
+    let mut args = vec![
+        "attach".to_string(),
+        "-f".into(),
+        file.display().to_string(),
+        "--pin-path".into(),
+        topo.pin().into(),
+        "--ct-entries".into(),
+        "16384".into(),
+        "--output".into(),
+        "json".into(),
+    ];
+    args.extend(topo.endpoint_args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let t = Instant::now();
+    let out = polc_ok(&topo.node, &args);
+    eprintln!("polc attach: {} ms wall (process included)", t.elapsed().as_millis());
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("attach json: {e}\n{out}"))
+}
+
+fn status(topo: &Topology) -> serde_json::Value {
+    let out = polc_ok(&topo.node, &["status", "--pin-path", topo.pin(), "--output", "json"]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("status json: {e}\n{out}"))
+}
+
+fn tcx_programs(topo: &Topology, ifname: &str) -> (Vec<u32>, Vec<u32>) {
+    let ifname = ifname.to_string();
+    in_netns(&topo.node, move || {
+        let idx = bpffs::ifindex(&ifname).expect("ifindex");
+        (
+            bpffs::tcx_query(idx, ATTACH_TCX_INGRESS).expect("query ingress"),
+            bpffs::tcx_query(idx, ATTACH_TCX_EGRESS).expect("query egress"),
+        )
+    })
+}
+
+fn netns_ready() -> bool {
+    let ok = Command::new("ip").args(["netns", "list"]).output().is_ok_and(|o| o.status.success());
+    if !ok {
+        let msg = "SKIP: `ip netns` is not usable here";
+        if std::env::var("POLC_REQUIRE_KERNEL").is_ok_and(|v| v == "1") {
+            panic!("POLC_REQUIRE_KERNEL=1 but {msg}");
+        }
+        eprintln!("{msg}");
+    }
+    ok
+}
+
+// ------------------------------------------------------------------ the tests
+
+#[test]
+fn policy_is_enforced_swapped_under_a_live_connection_reported_and_detached() {
+    require_kernel!();
+    if !netns_ready() {
+        return;
+    }
+    let started = Instant::now();
+    let topo = Topology::new(&["client", "server", "other"]);
+    let (client, server, other) = (topo.pod("client"), topo.pod("server"), topo.pod("other"));
+    tcp_echo_server(server, 8080);
+    tcp_echo_server(server, 9090);
+    tcp_echo_server(client, 7070);
+    udp_echo_server(server, 5353);
+
+    // Before attach everything flows (proves the topology, so drops below mean policy).
+    assert!(tcp_ok(other, server, 8080), "topology: other -> server:8080 without policy");
+    assert!(tcp_ok(server, client, 7070), "topology: server -> client:7070 without policy");
+
+    let dir = topo.files.clone();
+    let v1 = write_cluster(&dir, &topo, POLICY_V1);
+    let report = attach(&topo, &v1);
+    assert_eq!(report["generation"], 1, "{report}");
+    assert_eq!(report["runtime_loaded"], true);
+    assert_eq!(report["endpoints"].as_array().map(Vec::len), Some(3));
+    eprintln!("attach v1 (library time): {} us", report["elapsed_us"]);
+
+    // Verdicts of v1.
+    assert!(tcp_ok(client, server, 8080), "client -> server:8080 allowed");
+    assert!(!tcp_ok(client, server, 9090), "client -> server:9090 denied (port)");
+    assert!(!tcp_ok(other, server, 8080), "other -> server:8080 denied (source)");
+    assert!(udp_ok(client, server, 5353), "client -> server udp 5353 allowed (reply via ct)");
+    assert!(!udp_ok(other, server, 5353), "other -> server udp 5353 denied");
+    assert!(ping_ok(client, server), "client -> server ICMP echo allowed");
+    assert!(!ping_ok(other, server), "other -> server ICMP echo denied");
+    assert!(!tcp_ok(server, client, 7070), "server -> client denied (client default-deny)");
+    assert!(!ping_ok(other, client), "other -> client ICMP denied (client default-deny)");
+
+    // Status: three endpoints, hooks attached, programs in slots, conntrack and drops.
+    let st = status(&topo);
+    let eps = st["endpoints"].as_array().expect("endpoints");
+    assert_eq!(eps.len(), 3, "{st}");
+    for e in eps {
+        for h in e["tc"].as_array().expect("tc") {
+            assert_eq!(h["attached"], true, "{e}");
+        }
+        for d in ["ingress", "egress"] {
+            assert!(e[d]["kernel"]["id"].as_u64().is_some_and(|id| id > 0), "{d} of {e}");
+        }
+    }
+    assert!(st["conntrack"]["entries"].as_u64().is_some_and(|n| n >= 3), "{st}");
+    assert!(st["drops"]["policy_deny"].as_u64().is_some_and(|n| n >= 4), "{st}");
+    // Exactly the runtime's classifiers sit on each hook (TCX).
+    let runtime_id = |name: &str| {
+        st["runtime"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == name)
+            .map(|p| p["id"].as_u64())
+    };
+    let (from_id, to_id) = (runtime_id("polc_from_ep"), runtime_id("polc_to_ep"));
+    for p in &topo.pods {
+        let (ing, eg) = tcx_programs(&topo, &p.ifname);
+        assert_eq!(
+            (Some(ing.first().map(|&i| u64::from(i))), ing.len()),
+            (from_id, 1),
+            "{}",
+            p.ifname
+        );
+        assert_eq!((Some(eg.first().map(|&i| u64::from(i))), eg.len()), (to_id, 1), "{}", p.ifname);
+    }
+
+    // Dump: the allow rule of the server's ingress counted the client's flows.
+    let dump = polc_ok(
+        &topo.node,
+        &[
+            "dump",
+            &server.ifname,
+            "--hook",
+            "ingress",
+            "--pin-path",
+            topo.pin(),
+            "--output",
+            "json",
+        ],
+    );
+    let dump: serde_json::Value = serde_json::from_str(&dump).expect("dump json");
+    let rules = dump[0]["rules"].as_array().expect("rules");
+    let allow_tcp = rules
+        .iter()
+        .find(|r| {
+            r["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("server-ingress") && d.contains("rule 0"))
+        })
+        .unwrap_or_else(|| panic!("no rule 0 of server-ingress in {dump}"));
+    assert!(allow_tcp["hits"].as_u64().is_some_and(|n| n >= 1), "{allow_tcp}");
+    assert!(dump[0]["listing"].as_str().is_some_and(|l| l.contains("[hits: ")), "{dump}");
+
+    // A long-lived connection under v1, then the swap to v2 while it keeps talking.
+    let mut live = tcp_connect(client, server, 8080).expect("long-lived connection");
+    assert!(exchange(&mut live, b"before"), "long-lived: before the swap");
+    let v2 = write_cluster(&dir, &topo, POLICY_V2);
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let talker = thread::spawn(move || {
+        let mut rounds = 0u32;
+        while stop_rx.try_recv().is_err() {
+            if !exchange(&mut live, b"during") {
+                return Err(rounds);
+            }
+            rounds += 1;
+            thread::sleep(Duration::from_millis(5));
+        }
+        Ok((rounds, live))
+    });
+    thread::sleep(Duration::from_millis(100));
+    let report2 = attach(&topo, &v2);
+    thread::sleep(Duration::from_millis(100));
+    let _ = stop_tx.send(());
+    let (rounds, mut live) = match talker.join().expect("talker") {
+        Ok(r) => r,
+        Err(rounds) => {
+            panic!("the long-lived connection broke during the swap after {rounds} rounds")
+        }
+    };
+    assert!(rounds >= 5, "the connection exchanged data during the swap ({rounds} rounds)");
+    assert!(exchange(&mut live, b"after"), "long-lived: after the swap");
+    assert_eq!(report2["generation"], 2, "{report2}");
+    assert_eq!(report2["runtime_loaded"], false);
+    eprintln!("attach v2 (library time): {} us", report2["elapsed_us"]);
+
+    // New verdicts hold for new connections.
+    assert!(!tcp_ok(client, server, 8080), "v2: client -> server:8080 denied");
+    assert!(tcp_ok(other, server, 8080), "v2: other -> server:8080 allowed");
+    assert!(!udp_ok(client, server, 5353), "v2: udp from client denied");
+    assert!(exchange(&mut live, b"still"), "long-lived: still up after new verdicts");
+    let st2 = status(&topo);
+    assert_eq!(st2["generation"], 2);
+    // The old generation's slots were freed: v2 uses different ones and nothing leaks.
+    let slots = |s: &serde_json::Value| -> Vec<u64> {
+        let mut v: Vec<u64> = s["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|e| [e["ingress"]["slot"].as_u64(), e["egress"]["slot"].as_u64()])
+            .flatten()
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let (s1, s2) = (slots(&st), slots(&st2));
+    assert!(s1.iter().all(|s| !s2.contains(s)), "new slots {s2:?} vs old {s1:?}");
+    drop(live);
+
+    // Detach: no tc programs, no pins; traffic flows as before attach.
+    let out = polc_ok(&topo.node, &["detach", "--pin-path", topo.pin(), "--output", "json"]);
+    let det: serde_json::Value = serde_json::from_str(&out).expect("detach json");
+    assert_eq!(det["hooks"].as_array().map(Vec::len), Some(6), "{det}");
+    assert!(!topo.pin.exists(), "pin path {} still exists", topo.pin.display());
+    for p in &topo.pods {
+        assert_eq!(
+            tcx_programs(&topo, &p.ifname),
+            (vec![], vec![]),
+            "{} still has tc programs",
+            p.ifname
+        );
+    }
+    assert!(tcp_ok(client, server, 9090), "after detach: no policy");
+    let st_out = polc_in(&topo.node, &["status", "--pin-path", topo.pin()]);
+    assert_eq!(st_out.status.code(), Some(1), "status after detach");
+    assert!(String::from_utf8_lossy(&st_out.stderr).contains("nothing attached"));
+    eprintln!("netns end-to-end: {} ms", started.elapsed().as_millis());
+}
+
+#[test]
+fn a_rejected_program_leaves_the_previous_policy_in_place() {
+    use polc_loader::dataplane::{self as dp, AttachOptions};
+    require_kernel!();
+    if !netns_ready() {
+        return;
+    }
+    let topo = Topology::new(&["client", "server"]);
+    let (client, server) = (topo.pod("client"), topo.pod("server"));
+    tcp_echo_server(server, 8080);
+    tcp_echo_server(server, 9090);
+    let dir = topo.files.clone();
+    let file = write_cluster(&dir, &topo, POLICY_V1);
+    let compiled = polc::compile::compile_files(&[file]).expect("compile");
+    let eps: Vec<(String, String)> =
+        topo.pods.iter().map(|p| (format!("e2e/{}", p.name), p.ifname.clone())).collect();
+    let good = polc::dataplane::desired(&compiled, &eps).expect("desired");
+    let opts = AttachOptions {
+        pin_path: topo.pin.clone(),
+        runtime: polc_loader::RuntimeConfig { ct_max_entries: 4096, ..Default::default() },
+        ..AttachOptions::default()
+    };
+    let node = topo.node.clone();
+    let (g, o) = (good.clone(), opts.clone());
+    let first = in_netns(&node, move || dp::attach(&g, &o)).expect("first attach");
+    assert!(tcp_ok(client, server, 8080) && !tcp_ok(client, server, 9090), "v1 enforced");
+
+    // Same policy, but one program reads r0 before writing it: the verifier refuses.
+    let mut bad = good.clone();
+    bad.programs[0].parts[0] = vec![0x95, 0, 0, 0, 0, 0, 0, 0]; // exit
+    let (b, o) = (bad, opts.clone());
+    let err = in_netns(&node, move || dp::attach(&b, &o)).expect_err("verifier must refuse");
+    let msg = err.to_string();
+    assert!(msg.contains("verifier log") && msg.contains("R0 !read_ok"), "{msg}");
+
+    let pin = topo.pin.clone();
+    let st = in_netns(&node, move || dp::status(&pin)).expect("status");
+    assert_eq!(st.generation, first.generation, "the failed attach switched nothing");
+    let slots_now: Vec<u32> = st.endpoints.iter().map(|e| e.ingress.slot).collect();
+    let slots_before: Vec<u32> = first.endpoints.iter().map(|e| e.ingress_slot).collect();
+    assert_eq!(slots_now, slots_before);
+    assert!(st.endpoints.iter().all(|e| e.ingress.kernel.is_some() && e.egress.kernel.is_some()));
+    // Only the live generation is pinned: the failed one left nothing behind.
+    let gens: Vec<String> = std::fs::read_dir(&topo.pin)
+        .expect("pin dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('g'))
+        .collect();
+    assert_eq!(gens, vec![format!("g{}", first.generation)]);
+    assert!(tcp_ok(client, server, 8080) && !tcp_ok(client, server, 9090), "v1 still enforced");
+
+    // An unknown interface is refused before anything changes.
+    let mut unknown = good.clone();
+    unknown.endpoints[0].ifname = "polcnosuchif".into();
+    let (u, o) = (unknown, opts.clone());
+    let err = in_netns(&node, move || dp::attach(&u, &o)).expect_err("unknown interface");
+    assert!(err.to_string().contains("polcnosuchif"), "{err}");
+
+    // Leftovers of an attach that died before its switch are removed by the next attach.
+    let stale = topo.pin.join("g99");
+    std::fs::create_dir(&stale).expect("mkdir stale generation");
+    let dummy = polc_loader::sys::map_create(&polc_loader::sys::MapSpec {
+        kind: polc_loader::sys::MapKind::Array,
+        name: "stale",
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+    })
+    .expect("map");
+    bpffs::pin(std::os::fd::AsFd::as_fd(&dummy), &stale.join("rule_hits")).expect("pin");
+
+    // Concurrent attaches serialise on the pin-path lock: both succeed, generations 2 and 3.
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        let (g, o, n) = (good.clone(), opts.clone(), node.clone());
+        handles.push(thread::spawn(move || in_netns(&n, move || dp::attach(&g, &o))));
+    }
+    let mut gens: Vec<u64> = handles
+        .into_iter()
+        .map(|h| h.join().expect("join").expect("concurrent attach").generation)
+        .collect();
+    gens.sort();
+    assert_eq!(gens, vec![2, 3]);
+    assert!(!stale.exists(), "the stale generation was removed");
+    assert!(tcp_ok(client, server, 8080) && !tcp_ok(client, server, 9090), "still enforced");
+
+    let pin = topo.pin.clone();
+    in_netns(&node, move || dp::detach(&pin)).expect("detach");
+    assert!(!topo.pin.exists());
+}
+
+#[test]
+fn legacy_clsact_filters_enforce_and_detach_cleanly() {
+    require_kernel!();
+    if !netns_ready() {
+        return;
+    }
+    let topo = Topology::new(&["client", "server", "other"]);
+    let (client, server, other) = (topo.pod("client"), topo.pod("server"), topo.pod("other"));
+    tcp_echo_server(server, 8080);
+    let dir = topo.files.clone();
+    let file = write_cluster(&dir, &topo, POLICY_V1);
+    // Bad input is exit 2 with one line naming the problem, and changes nothing.
+    let f = file.display().to_string();
+    let out = polc_in(
+        &topo.node,
+        &["attach", "-f", &f, "--pin-path", topo.pin(), "--endpoint", "e2e/client=polcnoif"],
+    );
+    assert_eq!(out.status.code(), Some(2), "unknown interface");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no interface named `polcnoif`") && err.lines().count() == 1, "{err}");
+    let out = polc_in(
+        &topo.node,
+        &["attach", "-f", &f, "--pin-path", topo.pin(), "--endpoint", "e2e/ghost=lo"],
+    );
+    assert_eq!(out.status.code(), Some(2), "unknown pod");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("e2e/ghost"));
+    assert!(!topo.pin.exists(), "a refused attach creates nothing");
+    let out = polc_in(&topo.node, &["status", "--pin-path", topo.pin()]);
+    assert_eq!(out.status.code(), Some(1), "nothing attached yet");
+
+    let mut args = vec![
+        "attach".to_string(),
+        "-f".into(),
+        file.display().to_string(),
+        "--pin-path".into(),
+        topo.pin().into(),
+        "--tc-mode".into(),
+        "legacy".into(),
+        "--ct-entries".into(),
+        "4096".into(),
+    ];
+    args.extend(topo.endpoint_args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let text = polc_ok(&topo.node, &args);
+    assert!(text.starts_with("generation 1: 4 programs loaded, 3 endpoints"), "{text}");
+
+    let filters = |ifname: &str, hook: &str| {
+        let out = run("tc", &["-n", &topo.node, "filter", "show", "dev", ifname, hook]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(filters(&server.ifname, "ingress").contains("polc_from_ep"));
+    assert!(filters(&server.ifname, "egress").contains("polc_to_ep"));
+    assert_eq!(
+        tcx_programs(&topo, &server.ifname),
+        (vec![], vec![]),
+        "no TCX links in legacy mode"
+    );
+    assert!(tcp_ok(client, server, 8080), "legacy: client -> server:8080 allowed");
+    assert!(!tcp_ok(other, server, 8080), "legacy: other -> server:8080 denied");
+
+    let st = polc_ok(&topo.node, &["status", "--pin-path", topo.pin()]);
+    assert!(st.contains("tc: ingress legacy, egress legacy"), "{st}");
+    assert!(st.contains("policy_deny="), "{st}");
+    let dump = polc_ok(&topo.node, &["dump", &server.ifname, "--pin-path", topo.pin()]);
+    eprintln!("{st}\n{dump}");
+    assert!(dump.contains("; ingress policy of e2e/server"), "{dump}");
+    assert!(dump.contains("; egress policy of e2e/server"), "{dump}");
+
+    polc_ok(&topo.node, &["detach", "--pin-path", topo.pin()]);
+    for p in &topo.pods {
+        for hook in ["ingress", "egress"] {
+            assert_eq!(filters(&p.ifname, hook).trim(), "", "{} {hook} filters left", p.ifname);
+        }
+    }
+    assert!(!topo.pin.exists());
+    assert!(tcp_ok(other, server, 8080), "after detach: no policy");
+}
+
+/// Kills the agent process this test started when dropped (also on panic).
+struct AgentGuard(std::process::Child);
+
+impl Drop for AgentGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `polc status` until the live generation is `want` (at most 15 s).
+fn wait_for_generation(topo: &Topology, want: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let out = polc_in(&topo.node, &["status", "--pin-path", topo.pin(), "--output", "json"]);
+        if out.status.success() {
+            let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if st["generation"].as_u64() == Some(want) {
+                return true;
+            }
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn the_agent_reconciles_when_the_files_change() {
+    require_kernel!();
+    if !netns_ready() {
+        return;
+    }
+    let topo = Topology::new(&["client", "server", "other"]);
+    let (client, server, other) = (topo.pod("client"), topo.pod("server"), topo.pod("other"));
+    tcp_echo_server(server, 8080);
+    let dir = topo.files.clone();
+    let file = write_cluster(&dir, &topo, POLICY_V1);
+
+    let ns = File::open(format!("/run/netns/{}", topo.node)).expect("node netns");
+    let ns_fd = ns.as_raw_fd();
+    let mut cmd = Command::new(POLC);
+    cmd.args(["agent", "-f", dir.to_str().expect("utf-8"), "--pin-path", topo.pin()]);
+    cmd.args(["--interval-ms", "100", "--debounce-ms", "100"]);
+    cmd.args(topo.endpoint_args());
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    // SAFETY: setns is async-signal-safe; the fd is open until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns_fd, libc::CLONE_NEWNET) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let agent = AgentGuard(cmd.spawn().expect("spawn agent"));
+    drop(ns);
+
+    assert!(wait_for_generation(&topo, 1), "the agent attached v1");
+    assert!(tcp_ok(client, server, 8080) && !tcp_ok(other, server, 8080), "v1 enforced");
+
+    // A broken file is not applied; v1 stays.
+    std::fs::write(&file, "kind: [unterminated").expect("write");
+    thread::sleep(Duration::from_millis(600));
+    assert!(wait_for_generation(&topo, 1), "still v1");
+    assert!(tcp_ok(client, server, 8080), "v1 still enforced after a bad edit");
+
+    write_cluster(&dir, &topo, POLICY_V2);
+    assert!(wait_for_generation(&topo, 2), "the agent attached v2");
+    assert!(!tcp_ok(client, server, 8080) && tcp_ok(other, server, 8080), "v2 enforced");
+
+    drop(agent);
+    polc_ok(&topo.node, &["detach", "--pin-path", topo.pin()]);
+    assert!(!topo.pin.exists());
+}
+
+/// Attach timing with 32 endpoints, each with its own ingress program (plus a shared
+/// egress one). A measurement, not a check:
+/// `cargo test -p polc --test netns_e2e attach_time -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn attach_time_with_32_endpoints() {
+    require_kernel!();
+    if !netns_ready() {
+        return;
+    }
+    const NAMES: [&str; 32] = [
+        "p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10", "p11", "p12", "p13",
+        "p14", "p15", "p16", "p17", "p18", "p19", "p20", "p21", "p22", "p23", "p24", "p25", "p26",
+        "p27", "p28", "p29", "p30", "p31",
+    ];
+    let topo = Topology::new(&NAMES);
+    let policy = |port: u16| {
+        NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                format!(
+                    "\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata:\n  \
+                     name: in-{n}\n  namespace: e2e\nspec:\n  selector: app == '{n}'\n  \
+                     types: [Ingress]\n  ingress:\n  - action: Allow\n    protocol: TCP\n    \
+                     source:\n      selector: app == '{}'\n    destination:\n      ports: [{port}]\n",
+                    NAMES[(i + 1) % NAMES.len()]
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("---\n")
+    };
+    let dir = topo.files.clone();
+    let v1 = write_cluster(&dir, &topo, &policy(80));
+    let r1 = attach(&topo, &v1);
+    let v2 = write_cluster(&dir, &topo, &policy(81));
+    let r2 = attach(&topo, &v2);
+    eprintln!(
+        "32 endpoints, {} programs: first attach {} us, update {} us (library time)",
+        r1["programs_loaded"], r1["elapsed_us"], r2["elapsed_us"]
+    );
+    assert_eq!((r1["generation"].as_u64(), r2["generation"].as_u64()), (Some(1), Some(2)));
+}

@@ -1,0 +1,1536 @@
+//! The node dataplane: attaches compiled policy to pods' host-side interfaces, swaps it
+//! atomically on change, reports status and per-rule hits, and detaches.
+//!
+//! Everything that must outlive the `polc` process is pinned under the pin path:
+//!
+//! ```text
+//! PIN/POLC_JUMP POLC_STATE POLC_EP POLC_CT POLC_DROPS   the runtime's maps
+//! PIN/polc_from_ep polc_to_ep polc_epilogue            the runtime's classifiers
+//! PIN/link_<ifindex>_from, link_<ifindex>_to           TCX links (tc ingress / egress)
+//! PIN/polc_current                                     array[1] of u64: the live generation
+//! PIN/g<N>/                                            generation N: the generated programs'
+//!        <map name>, parts_<k>, meta                   maps, split programs' part arrays, and
+//!                                                      a JSON record (listings, slots, links)
+//! ```
+//!
+//! Policy programs live in `POLC_JUMP` slots (the prog array keeps them loaded). An update
+//! builds generation N+1 completely (maps, programs in free slots, record), then switches
+//! each endpoint with one `POLC_EP` update (both of its slots at once), then frees N. Any
+//! error before the switch removes N+1 and leaves N untouched. Conntrack is never reset.
+//!
+//! The loader never sees policy: callers (the `polc` CLI, an agent) describe what to load
+//! as raw instructions whose LD_IMM64 map references carry HANDLES, plus what each handle
+//! means ([`MapBinding`]).
+//!
+//! ```no_run
+//! use polc_loader::dataplane::{
+//!     attach, status, AttachOptions, Desired, EndpointAttach, MapBinding, PolicyProgram,
+//! };
+//! // An "allow everything" program: verdict ALLOW into the scratch state, then tail-call
+//! // the epilogue. Handle 0 is bound to POLC_STATE, handle 1 to POLC_JUMP.
+//! # let allow_all_insns: Vec<u8> = Vec::new();
+//! let program = PolicyProgram {
+//!     label: "allow all".into(),
+//!     parts: vec![allow_all_insns],
+//!     maps: vec![(0, MapBinding::RuntimeState), (1, MapBinding::RuntimeJump)],
+//!     counters: None,
+//!     listing: String::new(),
+//!     insns: 0,
+//! };
+//! let desired = Desired {
+//!     maps: vec![],
+//!     programs: vec![program],
+//!     endpoints: vec![EndpointAttach {
+//!         name: "default/web".into(),
+//!         ifname: "cali1234".into(),
+//!         ingress: 0,
+//!         egress: 0,
+//!     }],
+//!     rules: vec![],
+//! };
+//! let report = attach(&desired, &AttachOptions::default())?; // again later: atomic swap
+//! println!("generation {} in {} us", report.generation, report.elapsed_us);
+//! let st = status(&AttachOptions::default().pin_path)?;
+//! println!("{} conntrack entries", st.conntrack.entries);
+//! # Ok::<(), polc_loader::dataplane::DataplaneError>(())
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use aya::programs::tc::{self, NlOptions, TcAttachOptions};
+use aya::programs::{SchedClassifier, TcAttachType};
+use polc_abi::{
+    drop_reason, Endpoint, ENDPOINT_SIZE, JUMP_ENTRIES, MAP_CT, MAP_DROPS, MAP_EP, MAP_JUMP,
+    MAP_STATE, PROG_EPILOGUE, PROG_FROM_EP, PROG_TO_EP, SLOT_EPILOGUE, SLOT_FIRST_POLICY,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::bpffs::{self, PinLock, ProgSummary, ATTACH_TCX_EGRESS, ATTACH_TCX_INGRESS};
+use crate::runtime::{Hook, Runtime, RuntimeConfig};
+use crate::sys::{self, BpfError, Fd, MapKind, MapSpec, UpdateFlags};
+
+/// The default pin path (the CLI contract's `--pin-path`).
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/polc";
+
+/// Errors of the dataplane operations: one line each, except that a verifier rejection
+/// carries the verifier log.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// A bpf(2) call failed.
+    #[error(transparent)]
+    Bpf(BpfError),
+    /// The runtime object could not be loaded.
+    #[error("runtime: {0}")]
+    Runtime(String),
+    /// The description or the arguments are wrong (e.g. an unknown interface): bad input.
+    #[error("{0}")]
+    Invalid(String),
+    /// Loading, pinning or attaching failed (a verifier rejection carries the log).
+    #[error("{0}")]
+    Failed(String),
+    /// Nothing is attached under the pin path.
+    #[error("nothing attached under {0} (run `polc attach` first)")]
+    NotAttached(String),
+}
+
+type Result<T> = std::result::Result<T, DataplaneError>;
+
+impl From<BpfError> for DataplaneError {
+    fn from(e: BpfError) -> Self {
+        match e {
+            // bpffs and lock errors carry their own context (path, interface).
+            BpfError::Invalid(msg) => DataplaneError::Failed(msg),
+            e => DataplaneError::Bpf(e),
+        }
+    }
+}
+
+/// Bad input: the description, an interface name, or a question about an endpoint.
+fn invalid(msg: impl Into<String>) -> DataplaneError {
+    DataplaneError::Invalid(msg.into())
+}
+
+/// Anything else that went wrong (kernel, bpffs, the pinned record).
+fn failed(msg: impl Into<String>) -> DataplaneError {
+    DataplaneError::Failed(msg.into())
+}
+
+// ------------------------------------------------------------------ the description
+
+/// A map the generated programs share (IP sets, named ports, rule-hit counters), with its
+/// initial contents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapDef {
+    /// Kernel name and pin name: at most 15 bytes of `[A-Za-z0-9_]`, unique.
+    pub name: String,
+    /// The map type.
+    pub kind: MapKind,
+    /// Key size in bytes.
+    pub key_size: u32,
+    /// Value size in bytes.
+    pub value_size: u32,
+    /// Capacity.
+    pub max_entries: u32,
+    /// (key, value) pairs to insert.
+    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// What a map handle in a program's LD_IMM64 (src_reg 1) instructions stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapBinding {
+    /// The runtime's per-CPU `POLC_STATE`.
+    RuntimeState,
+    /// The runtime's `POLC_JUMP` prog array (the epilogue's slot).
+    RuntimeJump,
+    /// [`Desired::maps`]`[i]`.
+    Shared(usize),
+    /// The program's own prog array of its parts (part k at index k).
+    OwnParts,
+}
+
+/// One generated policy program: raw instructions with map HANDLES in LD_IMM64 immediates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyProgram {
+    /// Human description for status (e.g. "ingress IPv4 app/db").
+    pub label: String,
+    /// Part 0 is the entry; later parts are tail-called through [`MapBinding::OwnParts`].
+    pub parts: Vec<Vec<u8>>,
+    /// Handle -> map, for every handle the parts use.
+    pub maps: Vec<(u32, MapBinding)>,
+    /// Index into [`Desired::maps`] of the per-CPU u64 rule-hit counters, by rule id.
+    pub counters: Option<usize>,
+    /// The annotated listing (`polc dump` adds hit counts to lines naming `rule id N`).
+    pub listing: String,
+    /// Instruction slots over all parts (as compiled).
+    pub insns: usize,
+}
+
+/// One pod to enforce: its host-side interface and its two programs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointAttach {
+    /// `namespace/pod`.
+    pub name: String,
+    /// The pod's host-side interface in the calling network namespace.
+    pub ifname: String,
+    /// Index into [`Desired::programs`]: ingress policy (traffic to the pod).
+    pub ingress: usize,
+    /// Index into [`Desired::programs`]: egress policy (traffic from the pod).
+    pub egress: usize,
+}
+
+/// Everything that should be enforced after `attach`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// Maps shared by the programs.
+    pub maps: Vec<MapDef>,
+    /// Policy programs (each loaded once, shared by the endpoints that use it).
+    pub programs: Vec<PolicyProgram>,
+    /// The endpoints; interfaces attached before but missing here are detached.
+    pub endpoints: Vec<EndpointAttach>,
+    /// Rule id -> description, for `dump`.
+    pub rules: Vec<String>,
+}
+
+/// How to attach the runtime to tc.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcMode {
+    /// TCX links where the kernel has them (6.6+), legacy clsact filters otherwise.
+    #[default]
+    Auto,
+    /// TCX links only.
+    Tcx,
+    /// Legacy clsact qdisc + bpf filter (direct action), via netlink.
+    Legacy,
+}
+
+/// Options of [`attach`].
+#[derive(Clone, Debug)]
+pub struct AttachOptions {
+    /// Directory on bpffs for the pins (created; bpffs mounted at /sys/fs/bpf if absent).
+    pub pin_path: PathBuf,
+    /// TCX or legacy tc.
+    pub tc_mode: TcMode,
+    /// Runtime settings, used only when the runtime is loaded (the first attach).
+    pub runtime: RuntimeConfig,
+}
+
+impl Default for AttachOptions {
+    fn default() -> Self {
+        AttachOptions {
+            pin_path: PathBuf::from(DEFAULT_PIN_PATH),
+            tc_mode: TcMode::Auto,
+            runtime: RuntimeConfig::default(),
+        }
+    }
+}
+
+/// What [`attach`] did.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttachReport {
+    /// The generation now live.
+    pub generation: u64,
+    /// Whether this call loaded the runtime (first attach under the pin path).
+    pub runtime_loaded: bool,
+    /// Policy programs loaded by this call.
+    pub programs_loaded: usize,
+    /// Endpoints now enforced.
+    pub endpoints: Vec<EndpointReport>,
+    /// Interfaces whose tc hooks were attached by this call.
+    pub interfaces_attached: Vec<String>,
+    /// Interfaces detached because they are no longer endpoints.
+    pub interfaces_detached: Vec<String>,
+    /// Prog-array slots of the previous generation freed after the switch.
+    pub slots_freed: usize,
+    /// Wall-clock time of the whole call, in microseconds.
+    pub elapsed_us: u128,
+}
+
+/// One enforced endpoint in an [`AttachReport`].
+#[derive(Clone, Debug, Serialize)]
+pub struct EndpointReport {
+    /// `namespace/pod`.
+    pub name: String,
+    /// Host-side interface.
+    pub ifname: String,
+    /// Its ifindex.
+    pub ifindex: u32,
+    /// The id copied into `FlowState::endpoint_id`.
+    pub endpoint_id: u32,
+    /// `POLC_JUMP` slot of its ingress policy.
+    pub ingress_slot: u32,
+    /// `POLC_JUMP` slot of its egress policy.
+    pub egress_slot: u32,
+}
+
+// ------------------------------------------------------------------ the pinned record
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Meta {
+    generation: u64,
+    endpoints: Vec<MetaEndpoint>,
+    programs: Vec<MetaProgram>,
+    rules: Vec<String>,
+    links: Vec<MetaLink>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct MetaEndpoint {
+    name: String,
+    ifname: String,
+    ifindex: u32,
+    endpoint_id: u32,
+    ingress: usize,
+    egress: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct MetaProgram {
+    label: String,
+    slot: u32,
+    insns: usize,
+    parts: usize,
+    listing: String,
+    /// Pin name (in the generation directory) of the rule-hit counters.
+    counters: Option<String>,
+}
+
+/// Which tc hook of the host-side interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcHook {
+    /// tc ingress: packets from the pod (`polc_from_ep`, the pod's egress policy).
+    Ingress,
+    /// tc egress: packets to the pod (`polc_to_ep`, the pod's ingress policy).
+    Egress,
+}
+
+impl TcHook {
+    fn program(self) -> &'static str {
+        match self {
+            TcHook::Ingress => PROG_FROM_EP,
+            TcHook::Egress => PROG_TO_EP,
+        }
+    }
+    fn tcx_type(self) -> u32 {
+        match self {
+            TcHook::Ingress => ATTACH_TCX_INGRESS,
+            TcHook::Egress => ATTACH_TCX_EGRESS,
+        }
+    }
+    fn aya_type(self) -> TcAttachType {
+        match self {
+            TcHook::Ingress => TcAttachType::Ingress,
+            TcHook::Egress => TcAttachType::Egress,
+        }
+    }
+    fn pin_suffix(self) -> &'static str {
+        match self {
+            TcHook::Ingress => "from",
+            TcHook::Egress => "to",
+        }
+    }
+    /// `ingress` or `egress`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TcHook::Ingress => "ingress",
+            TcHook::Egress => "egress",
+        }
+    }
+}
+
+/// How a runtime classifier is attached to one tc hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkKind {
+    /// A TCX link, pinned.
+    Tcx,
+    /// A legacy clsact bpf filter named after the classifier.
+    Legacy,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct MetaLink {
+    ifname: String,
+    ifindex: u32,
+    hook: TcHook,
+    kind: LinkKind,
+    /// Pin name under the pin path (TCX only).
+    pin: Option<String>,
+}
+
+const META_PIN: &str = "meta";
+const CURRENT_PIN: &str = "polc_current";
+/// Bytes per entry of the record map; entry 0 starts with the record's u64 length.
+const META_CHUNK: usize = 4096;
+
+fn gen_dir(pin: &Path, generation: u64) -> PathBuf {
+    pin.join(format!("g{generation}"))
+}
+
+fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
+    let json = serde_json::to_vec(meta).map_err(|e| failed(format!("encoding record: {e}")))?;
+    let mut bytes = (json.len() as u64).to_ne_bytes().to_vec();
+    bytes.extend_from_slice(&json);
+    let chunks = bytes.len().div_ceil(META_CHUNK).max(1);
+    let entries = u32::try_from(chunks).map_err(|_| failed("record too large"))?;
+    let fd = sys::map_create(&MapSpec {
+        kind: MapKind::Array,
+        name: "polc_meta",
+        key_size: 4,
+        value_size: META_CHUNK as u32,
+        max_entries: entries,
+    })?;
+    for (i, chunk) in (0u32..).zip(bytes.chunks(META_CHUNK)) {
+        let mut value = vec![0u8; META_CHUNK];
+        value[..chunk.len()].copy_from_slice(chunk);
+        sys::map_update(fd.as_fd(), &i.to_ne_bytes(), &value, UpdateFlags::Any)?;
+    }
+    bpffs::pin(fd.as_fd(), &dir.join(META_PIN))?;
+    Ok(())
+}
+
+fn read_meta(dir: &Path) -> Result<Option<Meta>> {
+    let Some(fd) = bpffs::get_pinned(&dir.join(META_PIN))? else { return Ok(None) };
+    let info = sys::map_info(fd.as_fd())?;
+    let mut bytes = Vec::new();
+    for i in 0..info.max_entries {
+        match sys::map_lookup(fd.as_fd(), &i.to_ne_bytes())? {
+            Some(v) => bytes.extend_from_slice(&v),
+            None => break,
+        }
+    }
+    let len = bytes
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_ne_bytes)
+        .ok_or_else(|| failed(format!("record in {} is empty", dir.display())))?;
+    let json = usize::try_from(len)
+        .ok()
+        .and_then(|n| bytes.get(8..8usize.checked_add(n)?))
+        .ok_or_else(|| failed(format!("record in {} is truncated", dir.display())))?;
+    let meta = serde_json::from_slice(json)
+        .map_err(|e| failed(format!("record in {} is corrupt: {e}", dir.display())))?;
+    Ok(Some(meta))
+}
+
+fn read_current(pin: &Path) -> Result<Option<u64>> {
+    let Some(fd) = bpffs::get_pinned(&pin.join(CURRENT_PIN))? else { return Ok(None) };
+    let v = sys::map_lookup(fd.as_fd(), &0u32.to_ne_bytes())?;
+    Ok(v.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok()).map(u64::from_ne_bytes))
+}
+
+fn write_current(pin: &Path, generation: u64) -> Result<()> {
+    let path = pin.join(CURRENT_PIN);
+    let fd = match bpffs::get_pinned(&path)? {
+        Some(fd) => fd,
+        None => {
+            let fd = sys::map_create(&MapSpec {
+                kind: MapKind::Array,
+                name: CURRENT_PIN,
+                key_size: 4,
+                value_size: 8,
+                max_entries: 1,
+            })?;
+            bpffs::pin(fd.as_fd(), &path)?;
+            fd
+        }
+    };
+    sys::map_update(fd.as_fd(), &0u32.to_ne_bytes(), &generation.to_ne_bytes(), UpdateFlags::Any)?;
+    Ok(())
+}
+
+// ------------------------------------------------------------------ the runtime, pinned
+
+/// The runtime's maps and classifiers, opened from their pins.
+struct RuntimeFds {
+    jump: Fd,
+    state: Fd,
+    ep: Fd,
+    ct: Fd,
+    drops: Fd,
+    from_ep: Fd,
+    to_ep: Fd,
+}
+
+const RUNTIME_PINS: [&str; 8] =
+    [MAP_JUMP, MAP_STATE, MAP_EP, MAP_CT, MAP_DROPS, PROG_FROM_EP, PROG_TO_EP, PROG_EPILOGUE];
+
+fn open_runtime(pin: &Path) -> Result<Option<RuntimeFds>> {
+    let mut fds = Vec::new();
+    for name in RUNTIME_PINS {
+        match bpffs::get_pinned(&pin.join(name))? {
+            Some(fd) => fds.push(fd),
+            None if fds.is_empty() => return Ok(None),
+            None => {
+                return Err(failed(format!(
+                    "{} is incomplete: `{name}` is not pinned (run `polc detach` and attach again)",
+                    pin.display()
+                )))
+            }
+        }
+    }
+    let mut it = fds.into_iter();
+    let mut next = || it.next().ok_or_else(|| failed("internal: runtime pins"));
+    Ok(Some(RuntimeFds {
+        jump: next()?,
+        state: next()?,
+        ep: next()?,
+        ct: next()?,
+        drops: next()?,
+        from_ep: next()?,
+        to_ep: next()?,
+    }))
+}
+
+/// Loads the runtime (aya) and pins its maps and classifiers; the epilogue is already in
+/// its slot. On error, removes what it pinned.
+fn load_runtime(pin: &Path, config: &RuntimeConfig) -> Result<RuntimeFds> {
+    let rt = Runtime::load_with(config).map_err(|e| DataplaneError::Runtime(e.to_string()))?;
+    let rt_err = |e: crate::runtime::RuntimeError| DataplaneError::Runtime(e.to_string());
+    let objects: [BorrowedFd<'_>; 8] = [
+        rt.jump_map_fd().map_err(rt_err)?,
+        rt.state_map_fd().map_err(rt_err)?,
+        rt.ep_map_fd().map_err(rt_err)?,
+        rt.ct_map_fd().map_err(rt_err)?,
+        rt.drops_map_fd().map_err(rt_err)?,
+        rt.hook_fd(Hook::FromEndpoint).map_err(rt_err)?,
+        rt.hook_fd(Hook::ToEndpoint).map_err(rt_err)?,
+        rt.epilogue_fd().map_err(rt_err)?,
+    ];
+    for (k, (name, fd)) in RUNTIME_PINS.iter().zip(objects).enumerate() {
+        if let Err(e) = bpffs::pin(fd, &pin.join(name)) {
+            for done in RUNTIME_PINS.iter().take(k) {
+                let _ = bpffs::unpin(&pin.join(done));
+            }
+            return Err(e.into());
+        }
+    }
+    drop(rt);
+    open_runtime(pin)?.ok_or_else(|| failed("runtime pins vanished right after pinning"))
+}
+
+// ------------------------------------------------------------------ attach
+
+/// Makes `desired` the enforced policy: loads the runtime and attaches it on first use,
+/// loads the new programs into free slots, switches each endpoint atomically, then frees
+/// the previous generation. On error nothing is switched and the previous state stays.
+pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
+    let started = Instant::now();
+    validate(desired)?;
+    // Resolve interfaces first: an unknown one fails before anything changes.
+    let mut ifindexes = Vec::new();
+    for ep in &desired.endpoints {
+        ifindexes.push(bpffs::ifindex(&ep.ifname).map_err(|e| match e {
+            BpfError::Invalid(m) => invalid(m),
+            e => e.into(),
+        })?);
+    }
+
+    let pin = opts.pin_path.as_path();
+    bpffs::ensure_pin_dir(pin)?;
+    let _lock = PinLock::acquire(pin, true)?;
+
+    let (rt, runtime_loaded) = match open_runtime(pin)? {
+        Some(rt) => (rt, false),
+        None => (load_runtime(pin, &opts.runtime)?, true),
+    };
+    let current = read_current(pin)?;
+    let old = match current {
+        Some(g) => read_meta(&gen_dir(pin, g))?,
+        None => None,
+    };
+    remove_stale_generations(pin, &rt, current, old.as_ref())?;
+
+    let generation = current.map_or(1, |g| g + 1);
+    let dir = gen_dir(pin, generation);
+    std::fs::create_dir(&dir).map_err(|e| failed(format!("creating {}: {e}", dir.display())))?;
+    let built = match build_generation(desired, &rt, &dir) {
+        Ok(b) => b,
+        Err(e) => {
+            remove_generation(&dir, &rt, None);
+            return Err(e);
+        }
+    };
+
+    // Endpoint ids are kept across generations (by pod name).
+    let mut endpoints = Vec::new();
+    let mut used_ids: BTreeSet<u32> = BTreeSet::new();
+    let old_ids: BTreeMap<&str, u32> = old
+        .iter()
+        .flat_map(|m| m.endpoints.iter().map(|e| (e.name.as_str(), e.endpoint_id)))
+        .collect();
+    for ep in &desired.endpoints {
+        if let Some(&id) = old_ids.get(ep.name.as_str()) {
+            used_ids.insert(id);
+        }
+    }
+    let mut next_id = 1u32;
+    for (ep, &ifindex) in desired.endpoints.iter().zip(&ifindexes) {
+        let endpoint_id = match old_ids.get(ep.name.as_str()) {
+            Some(&id) => id,
+            None => {
+                while used_ids.contains(&next_id) {
+                    next_id += 1;
+                }
+                used_ids.insert(next_id);
+                next_id
+            }
+        };
+        endpoints.push(MetaEndpoint {
+            name: ep.name.clone(),
+            ifname: ep.ifname.clone(),
+            ifindex,
+            endpoint_id,
+            ingress: ep.ingress,
+            egress: ep.egress,
+        });
+    }
+
+    // tc hooks for interfaces that have none yet. Until their POLC_EP entry exists the
+    // runtime lets their packets pass, which is what they had before.
+    let old_links = old.as_ref().map(|m| m.links.clone()).unwrap_or_default();
+    let mut links: Vec<MetaLink> = Vec::new();
+    let mut new_links: Vec<MetaLink> = Vec::new();
+    let mut interfaces_attached = Vec::new();
+    for ep in &endpoints {
+        for hook in [TcHook::Ingress, TcHook::Egress] {
+            if let Some(l) = old_links
+                .iter()
+                .find(|l| l.ifindex == ep.ifindex && l.hook == hook && live(pin, &rt, l))
+            {
+                links.push(l.clone());
+                continue;
+            }
+            match attach_hook(pin, &rt, &ep.ifname, ep.ifindex, hook, opts.tc_mode) {
+                Ok(l) => {
+                    new_links.push(l.clone());
+                    links.push(l);
+                }
+                Err(e) => {
+                    for l in &new_links {
+                        let _ = detach_link(pin, l);
+                    }
+                    remove_generation(&dir, &rt, Some(&built.slots));
+                    return Err(e);
+                }
+            }
+        }
+        if new_links.iter().any(|l| l.ifindex == ep.ifindex) {
+            interfaces_attached.push(ep.ifname.clone());
+        }
+    }
+
+    let meta = Meta {
+        generation,
+        endpoints,
+        programs: built.programs,
+        rules: desired.rules.clone(),
+        links: links.clone(),
+    };
+    if let Err(e) = write_meta(&dir, &meta) {
+        for l in &new_links {
+            let _ = detach_link(pin, l);
+        }
+        remove_generation(&dir, &rt, Some(&built.slots));
+        return Err(e);
+    }
+
+    // The switch: one POLC_EP update per endpoint moves both of its hooks at once.
+    let mut switched: Vec<(u32, Option<Vec<u8>>)> = Vec::new();
+    let mut outcome = Ok(());
+    for ep in &meta.endpoints {
+        let (Some(ing), Some(eg)) = (meta.programs.get(ep.ingress), meta.programs.get(ep.egress))
+        else {
+            outcome = Err(failed("internal: endpoint program index"));
+            break;
+        };
+        let value = Endpoint {
+            endpoint_id: ep.endpoint_id,
+            ingress_slot: ing.slot,
+            egress_slot: eg.slot,
+            flags: 0,
+        };
+        let key = ep.ifindex.to_ne_bytes();
+        let step = sys::map_lookup(rt.ep.as_fd(), &key).and_then(|before| {
+            sys::map_update(rt.ep.as_fd(), &key, &value.to_bytes(), UpdateFlags::Any)?;
+            Ok(before)
+        });
+        match step {
+            Ok(before) => switched.push((ep.ifindex, before)),
+            Err(e) => {
+                outcome = Err(e.into());
+                break;
+            }
+        }
+    }
+    if outcome.is_ok() {
+        outcome = write_current(pin, generation);
+    }
+    if let Err(e) = outcome {
+        // Put back what was switched; the old generation is still loaded and current.
+        for (ifindex, prev) in switched.iter().rev() {
+            let k = ifindex.to_ne_bytes();
+            let _ = match prev {
+                Some(v) => sys::map_update(rt.ep.as_fd(), &k, v, UpdateFlags::Any),
+                None => sys::map_delete(rt.ep.as_fd(), &k).map(drop),
+            };
+        }
+        for l in &new_links {
+            let _ = detach_link(pin, l);
+        }
+        remove_generation(&dir, &rt, Some(&built.slots));
+        return Err(e);
+    }
+
+    // After the switch: drop endpoints that are gone, then the old generation.
+    let mut interfaces_detached = Vec::new();
+    if let Some(old) = &old {
+        for ep in &old.endpoints {
+            if meta.endpoints.iter().any(|e| e.ifindex == ep.ifindex) {
+                continue;
+            }
+            for l in old.links.iter().filter(|l| l.ifindex == ep.ifindex) {
+                detach_link(pin, l)?;
+            }
+            sys::map_delete(rt.ep.as_fd(), &ep.ifindex.to_ne_bytes())?;
+            interfaces_detached.push(ep.ifname.clone());
+        }
+    }
+    let mut slots_freed = 0;
+    if let Some(old) = &old {
+        let old_slots: Vec<u32> = old.programs.iter().map(|p| p.slot).collect();
+        slots_freed = old_slots.len();
+        remove_generation(&gen_dir(pin, old.generation), &rt, Some(&old_slots));
+    }
+
+    let endpoints = meta
+        .endpoints
+        .iter()
+        .map(|e| EndpointReport {
+            name: e.name.clone(),
+            ifname: e.ifname.clone(),
+            ifindex: e.ifindex,
+            endpoint_id: e.endpoint_id,
+            ingress_slot: meta.programs.get(e.ingress).map_or(0, |p| p.slot),
+            egress_slot: meta.programs.get(e.egress).map_or(0, |p| p.slot),
+        })
+        .collect();
+    Ok(AttachReport {
+        generation,
+        runtime_loaded,
+        programs_loaded: meta.programs.len(),
+        endpoints,
+        interfaces_attached,
+        interfaces_detached,
+        slots_freed,
+        elapsed_us: started.elapsed().as_micros(),
+    })
+}
+
+fn validate(d: &Desired) -> Result<()> {
+    let mut names = BTreeSet::new();
+    for m in &d.maps {
+        let ok = !m.name.is_empty()
+            && m.name.len() <= 15
+            && m.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && m.name != META_PIN
+            && !m.name.starts_with("parts_");
+        if !ok || !names.insert(m.name.as_str()) {
+            return Err(invalid(format!("map name `{}` is invalid or repeated", m.name)));
+        }
+    }
+    for (i, p) in d.programs.iter().enumerate() {
+        if p.parts.is_empty() {
+            return Err(invalid(format!("program {i} ({}) has no instructions", p.label)));
+        }
+        for (h, b) in &p.maps {
+            if let MapBinding::Shared(k) = b {
+                if *k >= d.maps.len() {
+                    return Err(invalid(format!("program {i} binds handle {h} to no map")));
+                }
+            }
+        }
+        if p.counters.is_some_and(|k| k >= d.maps.len()) {
+            return Err(invalid(format!("program {i} names a counters map that does not exist")));
+        }
+    }
+    let mut ifnames = BTreeSet::new();
+    for e in &d.endpoints {
+        if e.ingress >= d.programs.len() || e.egress >= d.programs.len() {
+            return Err(invalid(format!("endpoint {} refers to a missing program", e.name)));
+        }
+        if !ifnames.insert(e.ifname.as_str()) {
+            return Err(invalid(format!("interface `{}` is named by two endpoints", e.ifname)));
+        }
+    }
+    let slots = (SLOT_EPILOGUE - SLOT_FIRST_POLICY) as usize;
+    if d.programs.len() > slots / 2 {
+        // Half the slots: the old generation stays loaded until the switch.
+        return Err(invalid(format!(
+            "{} programs exceed the {} a swap can hold (POLC_JUMP has {JUMP_ENTRIES} slots)",
+            d.programs.len(),
+            slots / 2
+        )));
+    }
+    Ok(())
+}
+
+struct Built {
+    programs: Vec<MetaProgram>,
+    slots: Vec<u32>,
+}
+
+/// Creates and pins generation maps, loads every program into a free slot.
+fn build_generation(desired: &Desired, rt: &RuntimeFds, dir: &Path) -> Result<Built> {
+    let mut maps = Vec::new();
+    for m in &desired.maps {
+        let fd = sys::map_create(&MapSpec {
+            kind: m.kind,
+            name: &m.name,
+            key_size: m.key_size,
+            value_size: m.value_size,
+            max_entries: m.max_entries,
+        })?;
+        for (k, v) in &m.entries {
+            sys::map_update(fd.as_fd(), k, v, UpdateFlags::Any)
+                .map_err(|e| failed(format!("filling {}: {e}", m.name)))?;
+        }
+        bpffs::pin(fd.as_fd(), &dir.join(&m.name))?;
+        maps.push(fd);
+    }
+    let mut free = free_slots(rt)?.into_iter();
+    let mut out = Built { programs: Vec::new(), slots: Vec::new() };
+    for (i, p) in desired.programs.iter().enumerate() {
+        let parts_map = if p.parts.len() > 1 {
+            let n = u32::try_from(p.parts.len()).map_err(|_| failed("too many parts"))?;
+            let fd = sys::map_create(&MapSpec {
+                kind: MapKind::ProgArray,
+                name: "polc_parts",
+                key_size: 4,
+                value_size: 4,
+                max_entries: n,
+            })?;
+            // Pinned: a prog array is emptied when its last user reference goes.
+            bpffs::pin(fd.as_fd(), &dir.join(format!("parts_{i}")))?;
+            Some(fd)
+        } else {
+            None
+        };
+        let mut first = None;
+        for (k, insns) in p.parts.iter().enumerate() {
+            let patched = patch_handles(insns, |h| {
+                let b = p.maps.iter().find(|(hh, _)| *hh == h).map(|(_, b)| *b)?;
+                let fd = match b {
+                    MapBinding::RuntimeState => &rt.state,
+                    MapBinding::RuntimeJump => &rt.jump,
+                    MapBinding::Shared(s) => maps.get(s)?,
+                    MapBinding::OwnParts => parts_map.as_ref()?,
+                };
+                Some(fd.raw() as u32)
+            })
+            .map_err(|e| failed(format!("{}: {e}", p.label)))?;
+            let name = format!("polc_p{i}_{k}");
+            let name = if name.len() > 15 { "polc_policy".to_string() } else { name };
+            let fd = sys::prog_load(&name, &patched)
+                .map_err(|e| failed(format!("loading {} part {k}: {e}", p.label)))?;
+            if let Some(pm) = &parts_map {
+                sys::prog_array_set(pm.as_fd(), k as u32, fd.as_fd())?;
+            }
+            if k == 0 {
+                first = Some(fd);
+            }
+        }
+        let first = first.ok_or_else(|| failed(format!("{} has no part 0", p.label)))?;
+        let slot = free.next().ok_or_else(|| failed("no free POLC_JUMP slot"))?;
+        sys::prog_array_set(rt.jump.as_fd(), slot, first.as_fd())?;
+        out.slots.push(slot);
+        out.programs.push(MetaProgram {
+            label: p.label.clone(),
+            slot,
+            insns: p.insns,
+            parts: p.parts.len(),
+            listing: p.listing.clone(),
+            counters: p.counters.and_then(|c| desired.maps.get(c)).map(|m| m.name.clone()),
+        });
+    }
+    Ok(out)
+}
+
+/// Empty policy slots of `POLC_JUMP` (a userspace lookup of a prog array returns the
+/// program id, or ENOENT for an empty slot).
+fn free_slots(rt: &RuntimeFds) -> Result<Vec<u32>> {
+    let mut free = Vec::new();
+    for slot in SLOT_FIRST_POLICY..SLOT_EPILOGUE {
+        if sys::map_lookup(rt.jump.as_fd(), &slot.to_ne_bytes())?.is_none() {
+            free.push(slot);
+        }
+    }
+    Ok(free)
+}
+
+/// Replaces the handle in each LD_IMM64 with src_reg 1 (BPF_PSEUDO_MAP_FD) by its fd.
+pub fn patch_handles(
+    insns: &[u8],
+    mut fd_of: impl FnMut(u32) -> Option<u32>,
+) -> std::result::Result<Vec<u8>, String> {
+    if !insns.len().is_multiple_of(8) {
+        return Err(format!("{} bytes is not a whole number of instructions", insns.len()));
+    }
+    let mut out = insns.to_vec();
+    let mut i = 0usize;
+    while let Some(insn) = out.get(i * 8..i * 8 + 8) {
+        let (opcode, regs) = (insn[0], insn[1]);
+        if opcode == 0x18 {
+            if regs >> 4 == 1 {
+                let imm = u32::from_le_bytes([insn[4], insn[5], insn[6], insn[7]]);
+                let fd = fd_of(imm).ok_or_else(|| {
+                    format!("instruction {i} refers to map handle {imm}, which has no map")
+                })?;
+                out[i * 8 + 4..i * 8 + 8].copy_from_slice(&fd.to_le_bytes());
+            }
+            if out.len() < (i + 2) * 8 {
+                return Err(format!("instruction {i}: LD_IMM64 without its second half"));
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Clears `slots` (when given) and unpins everything in a generation directory.
+fn remove_generation(dir: &Path, rt: &RuntimeFds, slots: Option<&[u32]>) {
+    for &slot in slots.unwrap_or_default() {
+        let _ = sys::prog_array_clear(rt.jump.as_fd(), slot);
+    }
+    let _ = remove_pin_dir(dir);
+}
+
+fn remove_pin_dir(dir: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(failed(format!("reading {}: {e}", dir.display()))),
+    };
+    for entry in entries.flatten() {
+        bpffs::unpin(&entry.path())?;
+    }
+    std::fs::remove_dir(dir).map_err(|e| failed(format!("removing {}: {e}", dir.display())))
+}
+
+/// Generations other than the live one are leftovers of an interrupted attach: free their
+/// slots (unless the live generation uses them) and unpin them.
+fn remove_stale_generations(
+    pin: &Path,
+    rt: &RuntimeFds,
+    current: Option<u64>,
+    live: Option<&Meta>,
+) -> Result<()> {
+    let mut live_slots: BTreeSet<u32> =
+        live.iter().flat_map(|m| m.programs.iter().map(|p| p.slot)).collect();
+    // Whatever POLC_EP points at stays loaded, whichever record claims it.
+    let mut prev: Option<Vec<u8>> = None;
+    while let Some(k) = sys::map_next_key(rt.ep.as_fd(), prev.as_deref())? {
+        if let Some(v) = sys::map_lookup(rt.ep.as_fd(), &k)? {
+            // Endpoint layout: ingress_slot at byte 4, egress_slot at byte 8.
+            for at in [4usize, 8] {
+                if let Some(b) = v.get(at..at + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
+                    live_slots.insert(u32::from_ne_bytes(b));
+                }
+            }
+        }
+        prev = Some(k);
+    }
+    for g in generation_dirs(pin)? {
+        if Some(g) == current {
+            continue;
+        }
+        let dir = gen_dir(pin, g);
+        let slots: Vec<u32> = read_meta(&dir)
+            .ok()
+            .flatten()
+            .map(|m| {
+                m.programs.iter().map(|p| p.slot).filter(|s| !live_slots.contains(s)).collect()
+            })
+            .unwrap_or_default();
+        remove_generation(&dir, rt, Some(&slots));
+    }
+    Ok(())
+}
+
+fn generation_dirs(pin: &Path) -> Result<Vec<u64>> {
+    let entries =
+        std::fs::read_dir(pin).map_err(|e| failed(format!("reading {}: {e}", pin.display())))?;
+    Ok(entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix('g')?.parse().ok())
+        .collect())
+}
+
+fn link_pin_name(ifindex: u32, hook: TcHook) -> String {
+    format!("link_{ifindex}_{}", hook.pin_suffix())
+}
+
+/// Whether a recorded link is still in place: for TCX, the pin exists and the runtime
+/// classifier is on the hook (a deleted interface's link is defunct); for legacy filters,
+/// the interface name still means the same interface.
+fn live(pin: &Path, rt: &RuntimeFds, l: &MetaLink) -> bool {
+    match (l.kind, &l.pin) {
+        (LinkKind::Tcx, Some(name)) => {
+            let prog = match l.hook {
+                TcHook::Ingress => &rt.from_ep,
+                TcHook::Egress => &rt.to_ep,
+            };
+            let Ok(want) = bpffs::prog_summary(prog.as_fd()) else { return false };
+            bpffs::get_pinned(&pin.join(name)).ok().flatten().is_some()
+                && bpffs::tcx_query(l.ifindex, l.hook.tcx_type())
+                    .is_ok_and(|ids| ids.contains(&want.id))
+        }
+        (LinkKind::Tcx, None) => false,
+        (LinkKind::Legacy, _) => bpffs::ifindex(&l.ifname).is_ok_and(|i| i == l.ifindex),
+    }
+}
+
+fn attach_hook(
+    pin: &Path,
+    rt: &RuntimeFds,
+    ifname: &str,
+    ifindex: u32,
+    hook: TcHook,
+    mode: TcMode,
+) -> Result<MetaLink> {
+    let prog = match hook {
+        TcHook::Ingress => &rt.from_ep,
+        TcHook::Egress => &rt.to_ep,
+    };
+    if mode != TcMode::Legacy {
+        match bpffs::tcx_attach(prog.as_fd(), ifindex, hook.tcx_type()) {
+            Ok(link) => {
+                let name = link_pin_name(ifindex, hook);
+                let path = pin.join(&name);
+                // A stale pin of a deleted interface's link may hold the name.
+                let _ = bpffs::unpin(&path);
+                if let Err(e) = bpffs::pin(link.as_fd(), &path) {
+                    let _ = bpffs::link_detach(link.as_fd());
+                    return Err(e.into());
+                }
+                return Ok(MetaLink {
+                    ifname: ifname.to_string(),
+                    ifindex,
+                    hook,
+                    kind: LinkKind::Tcx,
+                    pin: Some(name),
+                });
+            }
+            Err(e) if mode == TcMode::Tcx || e.errno() != Some(libc::EINVAL) => {
+                return Err(failed(format!("attaching to {ifname} tc {}: {e}", hook.as_str())))
+            }
+            Err(_) => {} // No TCX in this kernel: fall back.
+        }
+    }
+    let mut cls = SchedClassifier::from_pin(pin.join(hook.program()))
+        .map_err(|e| failed(format!("opening {}: {e}", hook.program())))?;
+    if let Err(e) = tc::qdisc_add_clsact(ifname) {
+        // EEXIST: the qdisc is already there (ours or someone else's); keep it.
+        let exists =
+            matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
+        if !exists {
+            return Err(failed(format!("adding clsact to {ifname}: {e}")));
+        }
+    }
+    let id = cls
+        .attach_with_options(
+            ifname,
+            hook.aya_type(),
+            TcAttachOptions::Netlink(NlOptions::default()),
+        )
+        .map_err(|e| failed(format!("attaching to {ifname} tc {}: {e}", hook.as_str())))?;
+    let link = cls.take_link(id).map_err(|e| failed(format!("{ifname}: {e}")))?;
+    // The filter stays after this process; dropping the handle would remove it.
+    std::mem::forget(link);
+    Ok(MetaLink { ifname: ifname.to_string(), ifindex, hook, kind: LinkKind::Legacy, pin: None })
+}
+
+fn detach_link(pin: &Path, l: &MetaLink) -> Result<()> {
+    match (l.kind, &l.pin) {
+        (LinkKind::Tcx, Some(name)) => {
+            let path = pin.join(name);
+            if let Some(fd) = bpffs::get_pinned(&path)? {
+                bpffs::link_detach(fd.as_fd())?;
+            }
+            bpffs::unpin(&path)?;
+        }
+        (LinkKind::Tcx, None) => {}
+        (LinkKind::Legacy, _) => {
+            // Only if the name still means the same interface.
+            if bpffs::ifindex(&l.ifname).is_ok_and(|i| i == l.ifindex) {
+                match tc::qdisc_detach_program(&l.ifname, l.hook.aya_type(), l.hook.program()) {
+                    Ok(()) => {}
+                    Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(failed(format!(
+                            "detaching {} from {} tc {}: {e}",
+                            l.hook.program(),
+                            l.ifname,
+                            l.hook.as_str()
+                        )))
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ detach
+
+/// What [`detach`] removed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DetachReport {
+    /// tc hooks detached, as `ifname/ingress|egress`.
+    pub hooks: Vec<String>,
+    /// Policy slots cleared.
+    pub slots: usize,
+    /// Pins removed.
+    pub pins: usize,
+}
+
+/// Removes every tc link/filter, program slot and pin polc made under `pin_path`, and
+/// nothing else; the pin directory itself is removed when it ends up empty.
+pub fn detach(pin_path: &Path) -> Result<DetachReport> {
+    if !pin_path.is_dir() {
+        return Err(DataplaneError::NotAttached(pin_path.display().to_string()));
+    }
+    let _lock = PinLock::acquire(pin_path, true)?;
+    let mut report = DetachReport::default();
+    let rt = open_runtime(pin_path)?;
+    let current = read_current(pin_path)?;
+    let meta = match current {
+        Some(g) => read_meta(&gen_dir(pin_path, g))?,
+        None => None,
+    };
+    if let Some(meta) = &meta {
+        for l in &meta.links {
+            detach_link(pin_path, l)?;
+            report.hooks.push(format!("{}/{}", l.ifname, l.hook.as_str()));
+        }
+    }
+    // Links pinned by an attach that died before recording them.
+    for entry in std::fs::read_dir(pin_path)
+        .map_err(|e| failed(format!("reading {}: {e}", pin_path.display())))?
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("link_") {
+            if let Some(fd) = bpffs::get_pinned(&entry.path())? {
+                bpffs::link_detach(fd.as_fd())?;
+            }
+            report.pins += usize::from(bpffs::unpin(&entry.path())?);
+        }
+    }
+    if let Some(rt) = &rt {
+        for g in generation_dirs(pin_path)? {
+            let dir = gen_dir(pin_path, g);
+            if let Ok(Some(m)) = read_meta(&dir) {
+                for p in &m.programs {
+                    report.slots += usize::from(sys::prog_array_clear(rt.jump.as_fd(), p.slot)?);
+                }
+                for ep in &m.endpoints {
+                    sys::map_delete(rt.ep.as_fd(), &ep.ifindex.to_ne_bytes())?;
+                }
+            }
+            report.pins += count_entries(&dir);
+            remove_pin_dir(&dir)?;
+        }
+    }
+    for name in RUNTIME_PINS.iter().chain([&CURRENT_PIN]) {
+        report.pins += usize::from(bpffs::unpin(&pin_path.join(name))?);
+    }
+    // Remove the directory only if nothing foreign is left in it.
+    let _ = std::fs::remove_dir(pin_path);
+    Ok(report)
+}
+
+fn count_entries(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |e| e.count())
+}
+
+// ------------------------------------------------------------------ status and dump
+
+/// `polc status`: what is attached and how it is doing.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// The pin path.
+    pub pin_path: String,
+    /// The live generation (attach count since the runtime was loaded).
+    pub generation: u64,
+    /// The runtime's classifiers.
+    pub runtime: Vec<ProgSummary>,
+    /// Enforced endpoints.
+    pub endpoints: Vec<EndpointStatus>,
+    /// Conntrack fill level.
+    pub conntrack: ConntrackStatus,
+    /// Drop counters summed over CPUs, by reason name (reasons without a name are
+    /// `reason_N`); zero counters included.
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// One endpoint in [`Status`].
+#[derive(Clone, Debug, Serialize)]
+pub struct EndpointStatus {
+    /// `namespace/pod`.
+    pub name: String,
+    /// Host-side interface.
+    pub ifname: String,
+    /// Its ifindex.
+    pub ifindex: u32,
+    /// Id in `FlowState::endpoint_id`.
+    pub endpoint_id: u32,
+    /// The tc hooks of the interface and how they are attached.
+    pub tc: Vec<HookStatus>,
+    /// Ingress policy (traffic to the pod).
+    pub ingress: PolicyStatus,
+    /// Egress policy (traffic from the pod).
+    pub egress: PolicyStatus,
+}
+
+/// One tc hook in [`EndpointStatus`].
+#[derive(Clone, Debug, Serialize)]
+pub struct HookStatus {
+    /// `ingress` or `egress` (tc's view: ingress = from the pod).
+    pub hook: TcHook,
+    /// TCX link or legacy filter.
+    pub kind: LinkKind,
+    /// For TCX: whether the runtime classifier is among the hook's programs now.
+    pub attached: Option<bool>,
+}
+
+/// One policy program in [`EndpointStatus`].
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyStatus {
+    /// What it is (direction, family, endpoints sharing it).
+    pub label: String,
+    /// Its `POLC_JUMP` slot.
+    pub slot: u32,
+    /// Instructions as compiled (all parts).
+    pub insns: usize,
+    /// Number of parts.
+    pub parts: usize,
+    /// The kernel's view of part 0 (id, name, sizes); `None` if the slot is empty.
+    pub kernel: Option<ProgSummary>,
+}
+
+/// Conntrack fill level in [`Status`].
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ConntrackStatus {
+    /// Entries in `POLC_CT` (expired ones included until evicted).
+    pub entries: u64,
+    /// Capacity.
+    pub max_entries: u32,
+}
+
+/// Reports what is attached under `pin_path`.
+pub fn status(pin_path: &Path) -> Result<Status> {
+    if !pin_path.is_dir() {
+        return Err(DataplaneError::NotAttached(pin_path.display().to_string()));
+    }
+    let _lock = PinLock::acquire(pin_path, false)?;
+    let not_attached = || DataplaneError::NotAttached(pin_path.display().to_string());
+    let rt = open_runtime(pin_path)?.ok_or_else(not_attached)?;
+    let generation = read_current(pin_path)?.ok_or_else(not_attached)?;
+    let meta = read_meta(&gen_dir(pin_path, generation))?.ok_or_else(not_attached)?;
+
+    let mut runtime = Vec::new();
+    for fd in [&rt.from_ep, &rt.to_ep] {
+        runtime.push(bpffs::prog_summary(fd.as_fd())?);
+    }
+    if let Some(epi) = bpffs::get_pinned(&pin_path.join(PROG_EPILOGUE))? {
+        runtime.push(bpffs::prog_summary(epi.as_fd())?);
+    }
+    let from_id = runtime.first().map(|p| p.id);
+    let to_id = runtime.get(1).map(|p| p.id);
+
+    let policy = |idx: usize| -> Result<PolicyStatus> {
+        let p = meta.programs.get(idx).ok_or_else(|| failed("record: bad program index"))?;
+        let kernel = match sys::map_lookup(rt.jump.as_fd(), &p.slot.to_ne_bytes())? {
+            Some(v) => {
+                let id = <[u8; 4]>::try_from(v.as_slice()).map(u32::from_ne_bytes).unwrap_or(0);
+                match bpffs::prog_by_id(id)? {
+                    Some(fd) => Some(bpffs::prog_summary(fd.as_fd())?),
+                    None => None,
+                }
+            }
+            None => None,
+        };
+        Ok(PolicyStatus {
+            label: p.label.clone(),
+            slot: p.slot,
+            insns: p.insns,
+            parts: p.parts,
+            kernel,
+        })
+    };
+    let mut endpoints = Vec::new();
+    for ep in &meta.endpoints {
+        let mut tc = Vec::new();
+        for l in meta.links.iter().filter(|l| l.ifindex == ep.ifindex) {
+            let want = if l.hook == TcHook::Ingress { from_id } else { to_id };
+            let attached = match l.kind {
+                LinkKind::Tcx => Some(
+                    bpffs::tcx_query(l.ifindex, l.hook.tcx_type())
+                        .is_ok_and(|ids| want.is_some_and(|w| ids.contains(&w))),
+                ),
+                LinkKind::Legacy => None,
+            };
+            tc.push(HookStatus { hook: l.hook, kind: l.kind, attached });
+        }
+        endpoints.push(EndpointStatus {
+            name: ep.name.clone(),
+            ifname: ep.ifname.clone(),
+            ifindex: ep.ifindex,
+            endpoint_id: ep.endpoint_id,
+            tc,
+            ingress: policy(ep.ingress)?,
+            egress: policy(ep.egress)?,
+        });
+    }
+
+    let mut entries = 0u64;
+    let mut prev: Option<Vec<u8>> = None;
+    while let Some(k) = sys::map_next_key(rt.ct.as_fd(), prev.as_deref())? {
+        entries += 1;
+        prev = Some(k);
+    }
+    let ct_info = sys::map_info(rt.ct.as_fd())?;
+    let mut drops = BTreeMap::new();
+    for reason in 0..drop_reason::COUNT {
+        let name = drop_reason::NAMES
+            .get(reason as usize)
+            .map_or_else(|| format!("reason_{reason}"), |n| n.to_string());
+        let sum = percpu_u64_sum(rt.drops.as_fd(), reason)?;
+        if reason < drop_reason::NAMES.len() as u32 || sum > 0 {
+            drops.insert(name, sum);
+        }
+    }
+    Ok(Status {
+        pin_path: pin_path.display().to_string(),
+        generation,
+        runtime,
+        endpoints,
+        conntrack: ConntrackStatus { entries, max_entries: ct_info.max_entries },
+        drops,
+    })
+}
+
+fn percpu_u64_sum(map: BorrowedFd<'_>, key: u32) -> Result<u64> {
+    let per_cpu = sys::map_lookup_percpu(map, &key.to_ne_bytes())?.unwrap_or_default();
+    Ok(per_cpu
+        .iter()
+        .filter_map(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(u64::from_ne_bytes)
+        .fold(0u64, u64::wrapping_add))
+}
+
+/// Which policy of an endpoint `dump` shows (seen from the pod).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyDirection {
+    /// Traffic to the pod.
+    Ingress,
+    /// Traffic from the pod.
+    Egress,
+}
+
+/// `polc dump`: one attached program's listing annotated with rule hits.
+#[derive(Clone, Debug, Serialize)]
+pub struct Dump {
+    /// `namespace/pod`.
+    pub endpoint: String,
+    /// `ingress` or `egress` (policy direction).
+    pub direction: String,
+    /// Its slot.
+    pub slot: u32,
+    /// Hits by rule id (summed over CPUs) for the rules the listing names, with their
+    /// descriptions, in rule-id order.
+    pub rules: Vec<RuleHits>,
+    /// The listing; each line naming `rule id N` ends with `[hits: X]`.
+    pub listing: String,
+}
+
+/// One rule's hit count in a [`Dump`].
+#[derive(Clone, Debug, Serialize)]
+pub struct RuleHits {
+    /// Rule id.
+    pub id: u32,
+    /// Packets (flows' first packets) this rule decided, summed over CPUs. Rules are
+    /// shared between programs, so this counts every endpoint the rule applies to.
+    pub hits: u64,
+    /// What the rule is.
+    pub description: String,
+}
+
+/// The annotated listing of the program enforcing `direction` on interface `ifname`.
+pub fn dump(pin_path: &Path, ifname: &str, direction: PolicyDirection) -> Result<Dump> {
+    if !pin_path.is_dir() {
+        return Err(DataplaneError::NotAttached(pin_path.display().to_string()));
+    }
+    let _lock = PinLock::acquire(pin_path, false)?;
+    let not_attached = || DataplaneError::NotAttached(pin_path.display().to_string());
+    let generation = read_current(pin_path)?.ok_or_else(not_attached)?;
+    let dir = gen_dir(pin_path, generation);
+    let meta = read_meta(&dir)?.ok_or_else(not_attached)?;
+    let ep = meta
+        .endpoints
+        .iter()
+        .find(|e| e.ifname == ifname)
+        .ok_or_else(|| invalid(format!("interface `{ifname}` is not a polc endpoint")))?;
+    let idx = match direction {
+        PolicyDirection::Ingress => ep.ingress,
+        PolicyDirection::Egress => ep.egress,
+    };
+    let p = meta.programs.get(idx).ok_or_else(|| failed("record: bad program index"))?;
+    let counters = match &p.counters {
+        Some(name) => bpffs::get_pinned(&dir.join(name))?,
+        None => None,
+    };
+    let mut hits: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut listing = String::new();
+    for line in p.listing.lines() {
+        listing.push_str(line);
+        if let Some(id) = rule_id_in(line) {
+            let n = match (&counters, hits.get(&id)) {
+                (_, Some(&n)) => n,
+                (Some(fd), None) => percpu_u64_sum(fd.as_fd(), id).unwrap_or(0),
+                (None, None) => 0,
+            };
+            hits.insert(id, n);
+            listing.push_str(&format!("  [hits: {n}]"));
+        }
+        listing.push('\n');
+    }
+    let rules = hits
+        .into_iter()
+        .map(|(id, hits)| RuleHits {
+            id,
+            hits,
+            description: meta.rules.get(id as usize).cloned().unwrap_or_default(),
+        })
+        .collect();
+    Ok(Dump {
+        endpoint: ep.name.clone(),
+        direction: match direction {
+            PolicyDirection::Ingress => "ingress".into(),
+            PolicyDirection::Egress => "egress".into(),
+        },
+        slot: p.slot,
+        rules,
+        listing,
+    })
+}
+
+/// The N of `rule id N` in a listing comment line.
+fn rule_id_in(line: &str) -> Option<u32> {
+    if !line.starts_with(';') {
+        return None;
+    }
+    let rest = line.split("rule id ").nth(1)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// The value stored in `POLC_EP` for an interface, if any (for tests and tools).
+pub fn endpoint_entry(pin_path: &Path, ifindex: u32) -> Result<Option<Endpoint>> {
+    let rt = open_runtime(pin_path)?
+        .ok_or_else(|| DataplaneError::NotAttached(pin_path.display().to_string()))?;
+    let Some(v) = sys::map_lookup(rt.ep.as_fd(), &ifindex.to_ne_bytes())? else {
+        return Ok(None);
+    };
+    let b = <[u8; ENDPOINT_SIZE]>::try_from(v.as_slice())
+        .map_err(|_| failed("POLC_EP value has the wrong size"))?;
+    let u = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    Ok(Some(Endpoint { endpoint_id: u(0), ingress_slot: u(4), egress_slot: u(8), flags: u(12) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ld_map(dst: u8, handle: u32) -> [u8; 16] {
+        let mut w = [0u8; 16];
+        w[0] = 0x18;
+        w[1] = (1 << 4) | dst;
+        w[4..8].copy_from_slice(&handle.to_le_bytes());
+        w
+    }
+
+    #[test]
+    fn handles_become_fds_only_in_map_loads() {
+        let mut prog = Vec::new();
+        prog.extend_from_slice(&ld_map(1, 4));
+        // LD_IMM64 with src 0 (a plain constant 4) must stay.
+        prog.extend_from_slice(&[0x18, 0x02, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        prog.extend_from_slice(&[0x95, 0, 0, 0, 0, 0, 0, 0]);
+        let out = patch_handles(&prog, |h| (h == 4).then_some(77)).unwrap();
+        assert_eq!(&out[4..8], &77u32.to_le_bytes());
+        assert_eq!(&out[20..24], &4u32.to_le_bytes());
+        assert_eq!(&out[32..], &prog[32..]);
+    }
+
+    #[test]
+    fn unknown_handles_and_cut_instructions_are_errors() {
+        let e = patch_handles(&ld_map(1, 9), |_| None).unwrap_err();
+        assert!(e.contains("map handle 9"), "{e}");
+        let e = patch_handles(&ld_map(1, 9)[..8], |_| Some(3)).unwrap_err();
+        assert!(e.contains("second half"), "{e}");
+        assert!(patch_handles(&[0u8; 12], |_| Some(3)).is_err());
+    }
+
+    #[test]
+    fn rule_ids_are_read_from_comment_lines_only() {
+        assert_eq!(
+            rule_id_in("; tier t / p / ingress rule 0: allow (rule id 12; f.yaml)"),
+            Some(12)
+        );
+        assert_eq!(rule_id_in("; tier default: deny (rule id 1)"), Some(1));
+        assert_eq!(rule_id_in("      7:\tr0 = 0x2 rule id 3"), None);
+        assert_eq!(rule_id_in("; no id here"), None);
+    }
+
+    #[test]
+    fn descriptions_are_validated() {
+        let prog = PolicyProgram {
+            label: "p".into(),
+            parts: vec![vec![0x95, 0, 0, 0, 0, 0, 0, 0]],
+            maps: vec![(2, MapBinding::Shared(0))],
+            counters: None,
+            listing: String::new(),
+            insns: 1,
+        };
+        let ep = EndpointAttach { name: "a/b".into(), ifname: "x".into(), ingress: 0, egress: 0 };
+        let d = Desired {
+            maps: vec![],
+            programs: vec![prog],
+            endpoints: vec![ep.clone()],
+            rules: vec![],
+        };
+        assert!(validate(&d).unwrap_err().to_string().contains("handle 2"));
+        let mut d2 = d.clone();
+        d2.programs[0].maps.clear();
+        d2.endpoints.push(ep);
+        assert!(validate(&d2).unwrap_err().to_string().contains("named by two"));
+        let bad_map = MapDef {
+            name: "a.b".into(),
+            kind: MapKind::Hash,
+            key_size: 4,
+            value_size: 4,
+            max_entries: 1,
+            entries: vec![],
+        };
+        let d3 = Desired { maps: vec![bad_map], ..Desired::default() };
+        assert!(validate(&d3).unwrap_err().to_string().contains("`a.b`"));
+    }
+}
