@@ -198,6 +198,34 @@ impl KernelEngine {
             .ok_or_else(|| Error::other(format!("no map {handle}")))
     }
 
+    /// Mean kernel time in ns of program `index` on `flow` over `repeat` runs
+    /// (`BPF_PROG_TEST_RUN`; includes the tail call into the trivial epilogue).
+    pub fn time_ns(
+        &self,
+        compiled: &Compiled,
+        index: usize,
+        flow: &Flow,
+        repeat: u32,
+    ) -> Result<u32> {
+        let p = compiled.programs.get(index).ok_or_else(|| Error::other("no such program"))?;
+        let prog = self
+            .programs
+            .get(index)
+            .and_then(Option::as_ref)
+            .and_then(|p| p.parts.first())
+            .ok_or_else(|| Error::other("program not loaded for this family"))?;
+        let state_map = self.map(map::STATE)?;
+        let cpus = sys::possible_cpus().map_err(bpf_err)?;
+        let one = flow_state(flow, p.direction).to_bytes();
+        let all: Vec<u8> = one.iter().copied().cycle().take(one.len() * cpus).collect();
+        let key = abi::STATE_KEY.to_ne_bytes();
+        sys::map_update(state_map.as_fd(), &key, &all, UpdateFlags::Any).map_err(bpf_err)?;
+        let packet = [0u8; 64];
+        let out = sys::prog_test_run(prog.as_fd(), &TestRun { data: &packet, ctx: None, repeat })
+            .map_err(bpf_err)?;
+        Ok(out.duration_ns)
+    }
+
     /// Run program `index` of the compile on `flow` (seen at that program's direction).
     pub fn run(&self, compiled: &Compiled, index: usize, flow: &Flow) -> Result<Outcome> {
         let p = compiled.programs.get(index).ok_or_else(|| Error::other("no such program"))?;

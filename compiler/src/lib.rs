@@ -4,6 +4,7 @@
 //! `polc_ir`) -> codegen -> `asm` (bytecode, listings) -> `elf` (objects) and `vm` (rbpf).
 
 pub mod asm;
+pub mod bench;
 pub mod cfg;
 pub mod codegen;
 pub mod compile;

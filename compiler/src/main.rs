@@ -16,6 +16,8 @@ enum Command {
     Compile(polc::compile::CompileArgs),
     /// Explain the verdict for one flow between two endpoints.
     Explain(polc::explain::ExplainArgs),
+    /// Measure per-packet policy cost in the kernel (-O0 against -O2) on synthetic policy.
+    Bench(polc::bench::BenchArgs),
     /// Print a deterministic synthetic cluster (policy set on bench/target) for benchmarks.
     Synth(polc::synth::SynthArgs),
     /// Attach compiled policy to pods' host-side interfaces (root; swaps atomically).
@@ -44,6 +46,7 @@ fn main() {
         Command::Compile(args) => polc::compile::run(args),
         Command::Explain(args) => polc::explain::run(args),
         Command::Synth(args) => polc::synth::run(args),
+        Command::Bench(args) => polc::bench::run(args),
         Command::Attach(args) => polc::dataplane::run_attach(args),
         Command::Detach(args) => polc::dataplane::run_detach(args),
         Command::Status(args) => polc::dataplane::run_status(args),
