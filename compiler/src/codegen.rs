@@ -35,6 +35,8 @@ pub mod map {
     pub const PARTS: u32 = 5;
     /// The program's own LPM map of peer-address classes (-O2 programs).
     pub const CLASSES: u32 = 6;
+    /// The program's own hash of address x port pairs (-O2 programs with many).
+    pub const PAIRS: u32 = 7;
 }
 
 /// A map a generated program refers to, by handle.

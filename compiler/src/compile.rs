@@ -124,11 +124,16 @@ pub struct Options {
     pub limits: codegen::Limits,
     /// 0: linear evaluation (the baseline); 2: class tables (`crate::opt`).
     pub opt_level: u8,
+    pub tuning: crate::opt::Tuning,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { limits: codegen::Limits::default(), opt_level: 2 }
+        Options {
+            limits: codegen::Limits::default(),
+            opt_level: 2,
+            tuning: crate::opt::Tuning::default(),
+        }
     }
 }
 
@@ -159,7 +164,7 @@ pub fn compile_ir_with(ir: Ir, options: Options) -> Result<Compiled> {
             let mut fallback = None;
             let mut optimised = None;
             if options.opt_level >= 2 {
-                match crate::opt::generate(ep, family, &mut rules)
+                match crate::opt::generate(ep, family, &mut rules, options.tuning)
                     .map_err(|e| Error::other(format!("{}: {e}", what())))?
                 {
                     Ok(o) => optimised = Some(o),
@@ -171,6 +176,7 @@ pub fn compile_ir_with(ir: Ir, options: Options) -> Result<Compiled> {
                     let local_maps = o
                         .classes
                         .into_iter()
+                        .chain(o.pairs)
                         .map(|(spec, entries)| LocalMap { spec, entries })
                         .collect();
                     let g = codegen::Generated { parts: vec![o.program], next_parts: vec![vec![]] };
@@ -407,7 +413,10 @@ pub fn run(args: &CompileArgs) -> Result<()> {
     let start = Instant::now();
     let limits =
         codegen::Limits { part_insns: args.max_part_insns as usize, ..codegen::Limits::default() };
-    let compiled = compile_files_with(&args.files, Options { limits, opt_level: args.opt_level })?;
+    let compiled = compile_files_with(
+        &args.files,
+        Options { limits, opt_level: args.opt_level, ..Options::default() },
+    )?;
     let compile_ms = start.elapsed().as_millis();
     if let Some(dir) = &args.output_dir {
         write_outputs(&compiled, dir)?;

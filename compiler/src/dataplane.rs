@@ -230,7 +230,11 @@ pub fn desired(compiled: &Compiled, endpoints: &[(String, String)]) -> Result<De
                     // The program's own maps (the -O2 address classes): one per program.
                     Some(local) => {
                         d.maps.push(MapDef {
-                            name: format!("classes_{}", d.programs.len()),
+                            name: format!(
+                                "{}_{}",
+                                local.spec.name.trim_start_matches("polc_"),
+                                d.programs.len()
+                            ),
                             kind: local.spec.kind,
                             key_size: local.spec.key_size,
                             value_size: local.spec.value_size,

@@ -35,18 +35,24 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Most tiers an -O2 program handles (their values live on the 512-byte stack).
 pub const MAX_TIERS: usize = 20;
-/// Most (address class, port class) pairs of the both-constrained table (compiled to code).
-pub const MAX_PAIRS: usize = 8_000;
+/// Most (address class, port class) pairs of the both-constrained table compiled to code;
+/// a larger table goes into a hash map (one more lookup).
+pub const MAX_CODE_PAIRS: usize = 8_000;
+/// Most pairs in the hash map (each entry costs about 50 bytes plus 8 per tier of kernel
+/// memory).
+pub const MAX_PAIRS: usize = 300_000;
 /// Most instruction slots of an -O2 program. It is never split, and below 32k every jump
 /// keeps a 16-bit offset (the vm engine cannot run `gotol`).
 pub const MAX_SLOTS: usize = 30_000;
 
-/// An -O2 program and the contents of its own class map.
+/// An -O2 program and the contents of its own maps.
 #[derive(Debug, Clone)]
 pub struct Optimised {
     pub program: Program,
     /// The LPM map of address classes (`map::CLASSES`), if the program has one.
     pub classes: Option<(MapSpec, crate::compile::MapEntries)>,
+    /// The hash map of address x port pairs (`map::PAIRS`), if too many for code.
+    pub pairs: Option<(MapSpec, crate::compile::MapEntries)>,
 }
 
 /// Why a program was left at -O0.
@@ -63,6 +69,7 @@ const ACT_PASS: u64 = 2;
 const STACK_U32_KEY: i16 = -4;
 const STACK_LPM_KEY: i16 = -32; // prefixlen u32, then up to 16 address bytes
 const STACK_VALUES: i16 = -40; // G[t] at -40 - 8t, H[t] at -40 - 8 (MAX_TIERS + t)
+const STACK_PAIR_KEY: i16 = -40 - 8 * (2 * MAX_TIERS as i16) - 8; // pair class u32, port pair class u32
 
 fn g_slot(t: usize) -> i16 {
     STACK_VALUES - 8 * t as i16
@@ -96,11 +103,42 @@ struct FlatRule {
     about: String,
 }
 
-/// Generate the -O2 program, or say why not.
+/// Knobs of -O2 code generation (tests use them to force each shape).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// Pair tables up to this size are compiled to code, larger ones go to a hash map.
+    pub max_code_pairs: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Tuning {
+        Tuning { max_code_pairs: MAX_CODE_PAIRS }
+    }
+}
+
+/// Generate the -O2 program, or say why not. A program too large with its pair table in
+/// code is generated again with the table in a hash map.
 pub fn generate(
     ep: &EndpointPolicy,
     family: Family,
     rules: &mut RuleTable,
+    tuning: Tuning,
+) -> Result<Result<Optimised, Fallback>, crate::asm::AsmError> {
+    match generate_with(ep, family, rules, tuning)? {
+        Err(Fallback(why)) if why.contains(TOO_MANY_INSNS) && tuning.max_code_pairs > 0 => {
+            generate_with(ep, family, rules, Tuning { max_code_pairs: 0 })
+        }
+        other => Ok(other),
+    }
+}
+
+const TOO_MANY_INSNS: &str = "instructions (at most";
+
+fn generate_with(
+    ep: &EndpointPolicy,
+    family: Family,
+    rules: &mut RuleTable,
+    tuning: Tuning,
 ) -> Result<Result<Optimised, Fallback>, crate::asm::AsmError> {
     let fallback = |why: String| Ok(Err(Fallback(why)));
     let own: Vec<IpAddr> =
@@ -372,7 +410,27 @@ pub fn generate(
         });
         a.bind(done);
     }
-    if any_h {
+    let pairs_in_map = h.len() > tuning.max_code_pairs;
+    if any_h && pairs_in_map {
+        let done = a.label();
+        a.comment(format!(
+            "address x port pairs: first rule constrained on both ({} pairs: hash lookup)",
+            h.len()
+        ));
+        a.push(Insn::ldx(Size::W, Reg::R1, CLASS, 0));
+        a.push(Insn::stx(Size::W, Reg::R10, STACK_PAIR_KEY, Reg::R1));
+        a.push(Insn::stx(Size::W, Reg::R10, STACK_PAIR_KEY + 4, QREG));
+        a.push(Insn::mov64(Reg::R2, Reg::R10));
+        a.push(Insn::alu64(AluOp::Add, Reg::R2, STACK_PAIR_KEY as i32));
+        a.push(Insn::ld_map_fd(Reg::R1, map::PAIRS));
+        a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
+        a.jump_if(Cond::Eq, Reg::R0, 0, done);
+        for (t, _) in tier_has_h.iter().enumerate().filter(|(_, &has)| has) {
+            a.push(Insn::ldx(Size::DW, Reg::R1, Reg::R0, 8 * t as i16));
+            a.push(Insn::stx(Size::DW, Reg::R10, h_slot(t), Reg::R1));
+        }
+        a.bind(done);
+    } else if any_h {
         let done = a.label();
         a.comment("address x port pairs: first rule constrained on both (binary search)");
         a.push(Insn::ldx(Size::W, Reg::R1, CLASS, 0));
@@ -468,7 +526,7 @@ pub fn generate(
     a.push(Insn::mov64(Reg::R0, abi::TC_ACT_SHOT));
     a.push(Insn::exit());
     if a.slots() > MAX_SLOTS {
-        return fallback(format!("{} instructions (at most {MAX_SLOTS})", a.slots()));
+        return fallback(format!("{} {TOO_MANY_INSNS} {MAX_SLOTS})", a.slots()));
     }
     let program = a.assemble()?;
 
@@ -501,7 +559,27 @@ pub fn generate(
         };
         (spec, entries)
     });
-    Ok(Ok(Optimised { program, classes }))
+    let pairs = (any_h && pairs_in_map).then(|| {
+        let entries: crate::compile::MapEntries = h
+            .iter()
+            .map(|(&(c, q), row)| {
+                let mut key = c.to_ne_bytes().to_vec();
+                key.extend_from_slice(&q.to_ne_bytes());
+                (key, row.iter().flat_map(|v| v.to_ne_bytes()).collect())
+            })
+            .collect();
+        let spec = MapSpec {
+            handle: map::PAIRS,
+            name: "polc_pairs".to_string(),
+            kind: MapKind::Hash,
+            key_size: 8,
+            value_size: 8 * tiers as u32,
+            max_entries: entries.len().max(1) as u32,
+            flags: 0,
+        };
+        (spec, entries)
+    });
+    Ok(Ok(Optimised { program, classes, pairs }))
 }
 
 /// `*(u64 *)(r10 + slot) = v`, as two 32-bit stores.

@@ -108,10 +108,13 @@ fn ports(c: &Compiled) -> Vec<u16> {
 /// number of flows checked.
 fn check(input: &str, engines: &mut usize) -> usize {
     let mut n = 0;
-    for opt_level in [0, 2] {
-        let options = Options { opt_level, ..Options::default() };
+    // -O0, -O2, and -O2 with every pair table in a hash map instead of code.
+    for (opt_level, max_code_pairs) in [(0, 0), (2, polc::opt::MAX_CODE_PAIRS), (2, 0)] {
+        let tuning = polc::opt::Tuning { max_code_pairs };
+        let options = Options { opt_level, tuning, ..Options::default() };
         let compiled = compile_files_with(&[testdata(input)], options).unwrap();
-        n += check_compiled(&format!("{input} -O{opt_level}"), &compiled, engines);
+        let label = format!("{input} -O{opt_level} (pairs in code up to {max_code_pairs})");
+        n += check_compiled(&label, &compiled, engines);
     }
     n
 }
@@ -223,7 +226,10 @@ fn split_programs_agree_with_the_evaluator() {
         let mut part_insns = 10;
         let compiled = loop {
             let limits = Limits { part_insns, max_parts: 31 };
-            match compile_ir_with(ir.clone(), Options { limits, opt_level: 0 }) {
+            match compile_ir_with(
+                ir.clone(),
+                Options { limits, opt_level: 0, ..Options::default() },
+            ) {
                 Ok(c) => break c,
                 Err(e) if e.to_string().contains("tail-called parts") => part_insns *= 2,
                 Err(e) => panic!("{input}: {e}"),
