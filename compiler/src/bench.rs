@@ -47,6 +47,7 @@ struct Row {
     insns: usize,
     worst_insns: u64,
     worst_lookups: u64,
+    helper_lookups: u64,
     ns: Vec<u32>,
 }
 
@@ -79,6 +80,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 insns: p.insns(),
                 worst_insns: p.worst_case.insns,
                 worst_lookups: p.worst_case.map_lookups,
+                helper_lookups: p.worst_case.helper_lookups,
                 ns,
             });
         }
@@ -90,20 +92,35 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 .map(|r| {
                     json!({"rules": r.rules, "opt_level": r.opt, "generated_at": r.used,
                            "insns": r.insns, "worst_case_insns": r.worst_insns,
-                           "worst_case_map_lookups": r.worst_lookups, "ns_per_flow": r.ns})
+                           "worst_case_map_lookups": r.worst_lookups,
+                           "worst_case_helper_lookups": r.helper_lookups, "ns_per_flow": r.ns})
                 })
                 .collect();
             format!("{}\n", json!({ "repeat": args.repeat, "results": v }))
         }
         crate::compile::OutputFormat::Text => {
             let mut t = format!(
-                "{:>7} {:>3} {:>5} {:>8} {:>11} {:>14}  ns per flow (repeat {})\n",
-                "rules", "-O", "used", "insns", "worst insns", "worst lookups", args.repeat
+                "{:>7} {:>3} {:>5} {:>8} {:>11} {:>14} {:>8}  ns per flow (repeat {})\n",
+                "rules",
+                "-O",
+                "used",
+                "insns",
+                "worst insns",
+                "worst lookups",
+                "(helper)",
+                args.repeat
             );
             for r in &rows {
                 t.push_str(&format!(
-                    "{:>7} {:>3} {:>5} {:>8} {:>11} {:>14}  {:?}\n",
-                    r.rules, r.opt, r.used, r.insns, r.worst_insns, r.worst_lookups, r.ns
+                    "{:>7} {:>3} {:>5} {:>8} {:>11} {:>14} {:>8}  {:?}\n",
+                    r.rules,
+                    r.opt,
+                    r.used,
+                    r.insns,
+                    r.worst_insns,
+                    r.worst_lookups,
+                    r.helper_lookups,
+                    r.ns
                 ));
             }
             t

@@ -12,6 +12,10 @@ pub struct WorstCase {
     pub insns: u64,
     /// `bpf_map_lookup_elem` calls executed.
     pub map_lookups: u64,
+    /// Of those, the lookups that stay helper calls in the kernel: the verifier inlines
+    /// lookups in array and per-CPU array maps (a bounds check and an address computation),
+    /// not in hash or LPM maps. Needs to know the map of each call: see [`worst_case_with`].
+    pub helper_lookups: u64,
 }
 
 /// Longest path from the first instruction to an exit (or a successful tail call, which
@@ -19,11 +23,53 @@ pub struct WorstCase {
 /// instruction 1 and once weighting map lookups 1. Errors on a backward jump (a loop:
 /// generated policy programs have none) or a jump outside the program.
 pub fn worst_case(insns: &[Insn]) -> Result<WorstCase, String> {
+    worst_case_with(insns, |_| false)
+}
+
+/// [`worst_case`], with `inlined(handle)` saying whether lookups in the map loaded into r1
+/// (by the `r1 = map[handle]` before the call, in the same straight-line code) are inlined.
+pub fn worst_case_with(insns: &[Insn], inlined: impl Fn(u64) -> bool) -> Result<WorstCase, String> {
     let succs = successors(insns)?;
     let is_lookup = |i: &Insn| matches!(i, Insn::Call(Callee::Helper(helper::MAP_LOOKUP_ELEM)));
+    // The map of each lookup: the last `r1 = map[h]` before it with no jump target or
+    // other write of r1 between (generated code always loads r1 right before the call).
+    let mut targets = vec![false; insns.len()];
+    for s in &succs {
+        for &t in s {
+            targets[t] = true;
+        }
+    }
+    let mut helper_call = vec![false; insns.len()];
+    for (i, insn) in insns.iter().enumerate() {
+        if !is_lookup(insn) {
+            continue;
+        }
+        let mut map = None;
+        for j in (0..i).rev() {
+            match insns[j] {
+                Insn::LdImm64 {
+                    dst: crate::asm::Reg::R1,
+                    pseudo: crate::asm::Pseudo::MapFd,
+                    imm,
+                } => {
+                    map = Some(imm);
+                    break;
+                }
+                _ if targets[j + 1] && j + 1 < i => break,
+                _ => {}
+            }
+        }
+        helper_call[i] = !map.is_some_and(&inlined);
+    }
+    let mut best = vec![0u64; insns.len()];
+    for i in (0..insns.len()).rev() {
+        let tail = succs[i].iter().map(|&s| best[s]).max().unwrap_or(0);
+        best[i] = helper_call[i] as u64 + tail;
+    }
     Ok(WorstCase {
         insns: longest(insns, &succs, |_| 1),
         map_lookups: longest(insns, &succs, |i| is_lookup(i) as u64),
+        helper_lookups: best.first().copied().unwrap_or(0),
     })
 }
 
@@ -98,6 +144,20 @@ mod tests {
         let w = worst_case(&p.insns).unwrap();
         assert_eq!(w.insns, 1 + 5 + 1 + 1);
         assert_eq!(w.map_lookups, 3);
+        assert_eq!(w.helper_lookups, 3, "unknown maps count as helper calls");
+    }
+
+    #[test]
+    fn array_lookups_are_inlined_hash_lookups_are_not() {
+        let mut a = Asm::new();
+        for handle in [0u32, 7, 0] {
+            a.push(Insn::ld_map_fd(Reg::R1, handle));
+            a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
+        }
+        a.push(Insn::exit());
+        let p = a.assemble().unwrap();
+        let w = worst_case_with(&p.insns, |h| h == 0).unwrap();
+        assert_eq!((w.map_lookups, w.helper_lookups), (3, 1));
     }
 
     #[test]

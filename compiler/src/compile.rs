@@ -2,7 +2,7 @@
 //! out, as annotated listings and ELF objects, with worst-case costs from the CFG.
 
 use crate::asm::Program;
-use crate::cfg::{worst_case, WorstCase};
+use crate::cfg::{worst_case_with, WorstCase};
 use crate::codegen::{self, RuleTable};
 use crate::elf::{write_object, ElfMap, ElfProgram, MapReloc};
 use crate::error::{print_stdout, Error, Result};
@@ -203,7 +203,15 @@ pub fn compile_ir_with(ir: Ir, options: Options) -> Result<Compiled> {
                 programs[i].endpoints.push(ep.endpoint.clone());
                 continue;
             }
-            let worst_case = chained_worst_case(&parts, &generated.next_parts)
+            let inlined: Vec<u32> = codegen::map_specs(family, 0, 0, 0)
+                .into_iter()
+                .chain(local_maps.iter().map(|m| m.spec.clone()))
+                .filter(|m| {
+                    matches!(m.kind, codegen::MapKind::Array | codegen::MapKind::PerCpuArray)
+                })
+                .map(|m| m.handle)
+                .collect();
+            let worst_case = chained_worst_case(&parts, &generated.next_parts, &inlined)
                 .map_err(|e| Error::other(format!("{}: CFG analysis: {e}", what())))?;
             by_bytes.insert(key, programs.len());
             programs.push(CompiledProgram {
@@ -231,10 +239,14 @@ pub fn compile_ir_with(ir: Ir, options: Options) -> Result<Compiled> {
 /// Worst case over a chain of parts: part `j`'s longest path plus the worst of the parts
 /// it tail-calls. An upper bound: the longest path inside a part need not be the one that
 /// reaches its tail call.
-fn chained_worst_case(parts: &[Part], next_parts: &[Vec<usize>]) -> Result<WorstCase> {
+fn chained_worst_case(
+    parts: &[Part],
+    next_parts: &[Vec<usize>],
+    inlined: &[u32],
+) -> Result<WorstCase> {
     let own: Vec<WorstCase> = parts
         .iter()
-        .map(|p| worst_case(&p.program.insns))
+        .map(|p| worst_case_with(&p.program.insns, |h| inlined.iter().any(|&i| i as u64 == h)))
         .collect::<std::result::Result<_, _>>()
         .map_err(Error::other)?;
     let mut total = own.clone();
@@ -246,9 +258,11 @@ fn chained_worst_case(parts: &[Part], next_parts: &[Vec<usize>]) -> Result<Worst
             }
             best.insns = best.insns.max(total[k].insns);
             best.map_lookups = best.map_lookups.max(total[k].map_lookups);
+            best.helper_lookups = best.helper_lookups.max(total[k].helper_lookups);
         }
         total[j].insns = own[j].insns + best.insns;
         total[j].map_lookups = own[j].map_lookups + best.map_lookups;
+        total[j].helper_lookups = own[j].helper_lookups + best.helper_lookups;
     }
     Ok(total.first().copied().unwrap_or_default())
 }
@@ -358,6 +372,7 @@ pub fn summary_json(compiled: &Compiled, compile_ms: u128) -> serde_json::Value 
                 "fallback": p.fallback,
                 "worst_case_insns": p.worst_case.insns,
                 "worst_case_map_lookups": p.worst_case.map_lookups,
+                "worst_case_helper_lookups": p.worst_case.helper_lookups,
                 "file": program_file_name(p),
             })
         })
