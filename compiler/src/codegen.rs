@@ -161,6 +161,10 @@ pub enum RuleKey {
         direction: Direction,
         passed: bool,
     },
+    /// The endpoint's side of the flow is not one of its addresses: deny (anti-spoofing).
+    NotOwnAddress {
+        direction: Direction,
+    },
 }
 
 impl RuleKey {
@@ -178,6 +182,10 @@ impl RuleKey {
             }
             RuleKey::Profile { passed: true, .. } => {
                 "passed out of the last tier: default profile allows".to_string()
+            }
+            RuleKey::NotOwnAddress { .. } => {
+                "the endpoint's side of the flow is not its address: deny (anti-spoofing)"
+                    .to_string()
             }
         }
     }
@@ -341,6 +349,18 @@ fn emit(
         limits,
     };
     e.open_part();
+    let own_off = match ep.direction {
+        Direction::Ingress => abi::FLOW_DST_ADDR as i16,
+        Direction::Egress => abi::FLOW_SRC_ADDR as i16,
+    };
+    let own: Vec<IpAddr> =
+        ep.addresses.iter().copied().filter(|a| Family::of(a) == family).collect();
+    let spoofed = rules.id(RuleKey::NotOwnAddress { direction: ep.direction });
+    e.g.a.comment(format!(
+        "the flow's {} must be this endpoint's address, else deny (rule id {spoofed})",
+        if ep.direction == Direction::Ingress { "destination" } else { "source" }
+    ));
+    own_address_check(&mut e.g.a, own_off, &own, spoofed, e.part.decide);
     if ep.tiers.is_empty() {
         let key = RuleKey::Profile { direction: ep.direction, passed: false };
         let id = rules.id(key.clone());
@@ -816,6 +836,55 @@ impl Gen {
             }
         }
     }
+}
+
+/// Deny (as `id`, then jump to `decide`) unless the endpoint's side of the flow — at
+/// `own_off` in the state — is one of `addrs` (the endpoint's addresses of this family).
+/// The policy only describes the endpoint's own traffic (see `TraceStep::NotOwnAddress`).
+pub(crate) fn own_address_check(
+    a: &mut Asm,
+    own_off: i16,
+    addrs: &[IpAddr],
+    id: u32,
+    decide: Label,
+) {
+    let ok = a.label();
+    for addr in addrs {
+        let next = a.label();
+        let bytes: Vec<u8> = match addr {
+            IpAddr::V4(v) => v.octets().to_vec(),
+            IpAddr::V6(v) => v.octets().to_vec(),
+        };
+        // Compare as the program loads the bytes: native-endian words, zero-extended.
+        let chunks: Vec<(Size, u64)> = if bytes.len() == 4 {
+            vec![(Size::W, u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as u64)]
+        } else {
+            bytes
+                .chunks(8)
+                .map(|c| {
+                    let mut w = [0u8; 8];
+                    w.copy_from_slice(c);
+                    (Size::DW, u64::from_ne_bytes(w))
+                })
+                .collect()
+        };
+        let last = chunks.len() - 1;
+        for (i, (size, word)) in chunks.into_iter().enumerate() {
+            let off = own_off + if size == Size::W { 0 } else { 8 * i as i16 };
+            a.push(Insn::ldx(size, Reg::R1, STATE, off));
+            a.push(Insn::ld_imm64(Reg::R2, word));
+            if i == last {
+                a.jump_if(Cond::Eq, Reg::R1, Reg::R2, ok);
+            } else {
+                a.jump_if(Cond::Ne, Reg::R1, Reg::R2, next);
+            }
+        }
+        a.bind(next);
+    }
+    a.push(Insn::mov64(VERDICT, abi::verdict::DENY as i32));
+    a.push(Insn::mov64(RULE_ID, id as i32));
+    a.jump(decide);
+    a.bind(ok);
 }
 
 /// The IP-set LPM entries for `family`: (key, value) with value = set id (for debugging).

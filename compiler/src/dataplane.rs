@@ -547,10 +547,11 @@ mod tests {
         ];
         let d = desired(&c, &eps).unwrap();
         assert_eq!(d.endpoints.len(), 2);
-        // Both pods have no egress policy: they share one egress program.
-        assert_eq!(d.endpoints[0].egress, d.endpoints[1].egress);
+        // Every program checks its endpoint's own address (anti-spoofing), so none is
+        // shared between these two pods.
+        assert_ne!(d.endpoints[0].egress, d.endpoints[1].egress);
         assert_ne!(d.endpoints[0].ingress, d.endpoints[1].ingress);
-        assert_eq!(d.programs.len(), 3);
+        assert_eq!(d.programs.len(), 4);
         for p in &d.programs {
             let handles: Vec<u32> = p.maps.iter().map(|(h, _)| *h).collect();
             for h in [map::STATE, map::JUMP, map::IPSETS, map::NAMED_PORTS, map::COUNTERS] {

@@ -333,6 +333,7 @@ fn step_json(step: &TraceStep) -> Value {
         }
         TraceStep::NoPolicy => json!({"step": "no_policy", "action": "allow"}),
         TraceStep::ProfileAfterPass => json!({"step": "profile_after_pass", "action": "allow"}),
+        TraceStep::NotOwnAddress => json!({"step": "not_own_address", "action": "deny"}),
     }
 }
 

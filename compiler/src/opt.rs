@@ -352,6 +352,13 @@ fn generate_with(
     a.push(Insn::mov64(STATE, Reg::R0));
 
     let peer_off = if peer_is_src { abi::FLOW_SRC_ADDR as i16 } else { abi::FLOW_DST_ADDR as i16 };
+    let own_off = if peer_is_src { abi::FLOW_DST_ADDR as i16 } else { abi::FLOW_SRC_ADDR as i16 };
+    let spoofed = rules.id(RuleKey::NotOwnAddress { direction: ep.direction });
+    a.comment(format!(
+        "the flow's {} must be this endpoint's address, else deny (rule id {spoofed})",
+        if peer_is_src { "destination" } else { "source" }
+    ));
+    crate::codegen::own_address_check(&mut a, own_off, &[ctx.own], spoofed, decide);
     if use_classes {
         a.comment("address class of the peer: one LPM lookup (r9 = class value)");
         a.push(Insn::st(Size::W, Reg::R10, STACK_LPM_KEY, family.bits() as i32));

@@ -31,6 +31,7 @@ fn expected_key(ep: &EndpointPolicy, trace: &[TraceStep]) -> RuleKey {
             RuleKey::TierDefault { direction: ep.direction, tier: tier.clone() }
         }
         Some(TraceStep::NoPolicy) => RuleKey::Profile { direction: ep.direction, passed: false },
+        Some(TraceStep::NotOwnAddress) => RuleKey::NotOwnAddress { direction: ep.direction },
         _ => RuleKey::Profile { direction: ep.direction, passed: true },
     }
 }
@@ -142,8 +143,11 @@ fn check_compiled(input: &str, compiled: &Compiled, engines: &mut usize) -> usiz
                 let own: Vec<IpAddr> =
                     ep.addresses.iter().copied().filter(|a| Family::of(a) == family).collect();
                 for peer in &addrs {
-                    for _ in 0..6 {
-                        let me = rng.pick(&own);
+                    for round in 0..7 {
+                        // One flow in seven claims an address next to the endpoint's own:
+                        // every engine must drop it as not the endpoint's traffic.
+                        let me =
+                            if round == 6 { offset(rng.pick(&own), 1) } else { rng.pick(&own) };
                         let (src, dst) = match p.direction {
                             Direction::Ingress => (*peer, me),
                             Direction::Egress => (me, *peer),

@@ -70,6 +70,7 @@ fn render(step: &TraceStep) -> String {
         }
         TraceStep::NoPolicy => "allow:no-policy".into(),
         TraceStep::ProfileAfterPass => "allow:profile".into(),
+        TraceStep::NotOwnAddress => "deny:not-own-address".into(),
     }
 }
 

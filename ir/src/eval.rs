@@ -58,6 +58,10 @@ pub enum TraceStep {
     NoPolicy,
     /// Every applicable tier passed: the endpoint's profile allows.
     ProfileAfterPass,
+    /// The endpoint's side of the flow (the source on egress, the destination on ingress) is
+    /// not one of the endpoint's addresses: dropped before any policy (anti-spoofing, as
+    /// Calico's dataplane drops workload traffic with a foreign source address).
+    NotOwnAddress,
 }
 
 /// A verdict and how it was reached.
@@ -70,6 +74,14 @@ pub struct Decision {
 /// Decide `flow` for `policy` (one endpoint, one direction).
 pub fn evaluate(policy: &EndpointPolicy, flow: &Flow) -> Decision {
     let mut trace = Vec::new();
+    let own = match policy.direction {
+        crate::types::Direction::Ingress => flow.dst,
+        crate::types::Direction::Egress => flow.src,
+    };
+    if !policy.addresses.contains(&own) {
+        trace.push(TraceStep::NotOwnAddress);
+        return Decision { verdict: Verdict::Deny, trace };
+    }
     if policy.tiers.is_empty() {
         trace.push(TraceStep::NoPolicy);
         return Decision { verdict: Verdict::Allow, trace };

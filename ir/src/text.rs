@@ -206,6 +206,9 @@ impl fmt::Display for TraceStep {
             TraceStep::ProfileAfterPass => {
                 f.write_str("allow: passed out of the last tier (endpoint profile)")
             }
+            TraceStep::NotOwnAddress => f.write_str(
+                "deny: the endpoint's side of the flow is not its address (anti-spoofing)",
+            ),
         }
     }
 }
