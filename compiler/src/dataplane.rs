@@ -140,25 +140,33 @@ fn label(p: &CompiledProgram) -> String {
     format!("{} IPv{} {eps}", p.direction.as_str(), p.family.number())
 }
 
-/// The program of `pod` for `direction`; an error if the pod has none or one per family.
-fn program_of(compiled: &Compiled, pod: &str, direction: Direction) -> Result<usize> {
-    let found: Vec<usize> = compiled
-        .programs
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.direction == direction && p.endpoints.iter().any(|e| e == pod))
-        .map(|(i, _)| i)
-        .collect();
-    match found.as_slice() {
-        [one] => Ok(*one),
-        [] => Err(Error::input(format!(
-            "--endpoint {pod}: no such pod with an IP address in the cluster files"
-        ))),
-        _ => Err(Error::input(format!(
-            "--endpoint {pod}: the pod has IPv4 and IPv6 addresses; the runtime has one policy \
-             slot per direction, so dual-stack pods cannot be attached yet"
-        ))),
+/// The compiled programs of `pod`: `[ingress v4, egress v4, ingress v6, egress v6]`, `None`
+/// for a family the pod has no address of; an error if it has none at all.
+fn programs_of(compiled: &Compiled, pod: &str) -> Result<[Option<usize>; 4]> {
+    let mut out = [None; 4];
+    for (i, p) in compiled.programs.iter().enumerate() {
+        if !p.endpoints.iter().any(|e| e == pod) {
+            continue;
+        }
+        let at = match (p.family, p.direction) {
+            (Family::V4, Direction::Ingress) => 0,
+            (Family::V4, Direction::Egress) => 1,
+            (Family::V6, Direction::Ingress) => 2,
+            (Family::V6, Direction::Egress) => 3,
+        };
+        if let Some(slot) = out.get_mut(at) {
+            if slot.is_some() {
+                return Err(Error::other(format!("{pod} has two programs for one family")));
+            }
+            *slot = Some(i);
+        }
     }
+    if out.iter().all(Option::is_none) {
+        return Err(Error::input(format!(
+            "--endpoint {pod}: no such pod with an IP address in the cluster files"
+        )));
+    }
+    Ok(out)
 }
 
 /// The loader's description of `compiled` enforced on `endpoints` (pod, ifname).
@@ -173,13 +181,12 @@ pub fn desired(compiled: &Compiled, endpoints: &[(String, String)]) -> Result<De
     let mut used: BTreeMap<usize, usize> = BTreeMap::new();
     let mut pairs = Vec::new();
     for (pod, ifname) in endpoints {
-        let ing = program_of(compiled, pod, Direction::Ingress)?;
-        let eg = program_of(compiled, pod, Direction::Egress)?;
-        for i in [ing, eg] {
+        let progs = programs_of(compiled, pod)?;
+        for i in progs.iter().flatten() {
             let next = used.len();
-            used.entry(i).or_insert(next);
+            used.entry(*i).or_insert(next);
         }
-        pairs.push((pod, ifname, ing, eg));
+        pairs.push((pod, ifname, progs));
     }
     // Shared maps: one IP-set trie per family in use, one named-port hash, one counter array.
     let mut shared: BTreeMap<(u32, u8), usize> = BTreeMap::new();
@@ -260,15 +267,22 @@ pub fn desired(compiled: &Compiled, endpoints: &[(String, String)]) -> Result<De
             insns: p.insns(),
         });
     }
-    for (pod, ifname, ing, eg) in pairs {
-        let (Some(&ingress), Some(&egress)) = (used.get(&ing), used.get(&eg)) else {
-            return Err(Error::other("internal: program index"));
-        };
+    for (pod, ifname, progs) in pairs {
+        // Compiled program index -> Desired program index, per family and direction.
+        let mut idx = [None; 4];
+        for (to, from) in idx.iter_mut().zip(progs) {
+            if let Some(c) = from {
+                *to = Some(*used.get(&c).ok_or_else(|| Error::other("internal: program index"))?);
+            }
+        }
+        let [ingress, egress, ingress_v6, egress_v6] = idx;
         d.endpoints.push(EndpointAttach {
             name: pod.clone(),
             ifname: ifname.clone(),
             ingress,
             egress,
+            ingress_v6,
+            egress_v6,
         });
     }
     Ok(d)
@@ -301,9 +315,20 @@ pub fn run_attach(args: &AttachArgs) -> Result<()> {
                 if report.runtime_loaded { " (runtime loaded)" } else { "" }
             );
             for e in &report.endpoints {
+                let mut slots = Vec::new();
+                for (fam, ing, eg) in
+                    [(4, e.ingress_slot, e.egress_slot), (6, e.ingress_slot_v6, e.egress_slot_v6)]
+                {
+                    if let (Some(i), Some(o)) = (ing, eg) {
+                        slots.push(format!("IPv{fam} ingress slot {i}, egress slot {o}"));
+                    }
+                }
                 out.push_str(&format!(
-                    "  {} on {} (ifindex {}): ingress slot {}, egress slot {}\n",
-                    e.name, e.ifname, e.ifindex, e.ingress_slot, e.egress_slot
+                    "  {} on {} (ifindex {}): {}\n",
+                    e.name,
+                    e.ifname,
+                    e.ifindex,
+                    slots.join("; ")
                 ));
             }
             for i in &report.interfaces_detached {
@@ -369,7 +394,14 @@ fn status_text(st: &dp::Status) -> String {
             e.endpoint_id,
             hooks.join(", ")
         ));
-        for (dir, p) in [("ingress", &e.ingress), ("egress", &e.egress)] {
+        let policies = [
+            ("IPv4 ingress", &e.ingress),
+            ("IPv4 egress", &e.egress),
+            ("IPv6 ingress", &e.ingress_v6),
+            ("IPv6 egress", &e.egress_v6),
+        ];
+        for (dir, p) in policies {
+            let Some(p) = p else { continue };
             let kernel = p.kernel.as_ref().map_or("slot EMPTY".to_string(), |k| {
                 format!(
                     "prog id {}, {} insns xlated, {} bytes jited",
@@ -540,7 +572,7 @@ mod tests {
     #[test]
     fn the_description_binds_every_handle_and_shares_programs() {
         let c = demo();
-        // app/web is dual-stack (refused below); app/db and other/client are IPv4 only.
+        // app/web is dual-stack (tested below); app/db and other/client are IPv4 only.
         let eps = vec![
             ("app/db".to_string(), "veth0".to_string()),
             ("other/client".to_string(), "veth1".to_string()),
@@ -572,10 +604,21 @@ mod tests {
     }
 
     #[test]
-    fn dual_stack_pods_are_refused_with_the_reason() {
-        let e = desired(&demo(), &[("app/web".into(), "v".into())]).unwrap_err();
-        assert_eq!(e.exit_code(), 2);
-        assert!(e.message.contains("dual-stack"), "{e}");
+    fn dual_stack_pods_get_a_program_pair_per_family() {
+        let c = demo();
+        let eps = [("app/web".to_string(), "v0".to_string()), ("app/db".into(), "v1".into())];
+        let d = desired(&c, &eps).unwrap();
+        let (web, db) = (&d.endpoints[0], &d.endpoints[1]);
+        let all = [web.ingress, web.egress, web.ingress_v6, web.egress_v6];
+        assert!(all.iter().all(Option::is_some), "{web:?}");
+        assert_ne!(web.ingress, web.ingress_v6, "one program per family");
+        assert!(d.programs[web.ingress_v6.unwrap()].label.contains("IPv6"));
+        assert!(d.programs[web.ingress.unwrap()].label.contains("IPv4"));
+        // app/db is IPv4-only: its IPv6 traffic has no program (the runtime drops it).
+        assert!(db.ingress.is_some() && db.egress.is_some());
+        assert_eq!((db.ingress_v6, db.egress_v6), (None, None));
+        let names: Vec<&str> = d.maps.iter().map(|m| m.name.as_str()).collect();
+        assert!(names.contains(&"ipsets_v6") && names.contains(&"ipsets_v4"), "{names:?}");
     }
 
     #[test]

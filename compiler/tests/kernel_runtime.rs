@@ -76,13 +76,15 @@ fn tcp_syn() -> Vec<u8> {
 }
 
 /// Makes lo (ifindex 1, what a test run without ctx sees) an endpoint whose ingress and
-/// egress policies are both in [`SLOT_FIRST_POLICY`].
+/// egress policies, of both families, are all in [`SLOT_FIRST_POLICY`].
 fn register_lo(rt: &Runtime) {
     let ep = Endpoint {
         endpoint_id: 1,
         ingress_slot: SLOT_FIRST_POLICY,
         egress_slot: SLOT_FIRST_POLICY,
         flags: 0,
+        ingress_slot_v6: SLOT_FIRST_POLICY,
+        egress_slot_v6: SLOT_FIRST_POLICY,
     };
     rt.set_endpoint(1, &ep).expect("register the endpoint");
 }

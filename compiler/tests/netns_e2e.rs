@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -103,6 +103,9 @@ struct Pod {
     ns: String,
     ifname: String,
     addr: Ipv4Addr,
+    /// Set in dual-stack topologies: the pod's IPv6 address (configured in its namespace;
+    /// whether the cluster YAML lists it is up to the test).
+    addr6: Option<Ipv6Addr>,
 }
 
 /// Node + pod namespaces; removed (with polc's pins) on drop.
@@ -118,6 +121,17 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl Topology {
     fn new(pods: &[&'static str]) -> Topology {
+        Topology::build(pods, false)
+    }
+
+    /// Like [`Topology::new`], plus IPv6: pod i has fd77::i+1/128 (no DAD), a static
+    /// link-local gateway fe80::1 at the host veth's MAC, and the node a static neighbour
+    /// entry per pod, so no neighbour discovery is needed in either direction.
+    fn dual_stack(pods: &[&'static str]) -> Topology {
+        Topology::build(pods, true)
+    }
+
+    fn build(pods: &[&'static str], v6: bool) -> Topology {
         let tag =
             format!("{}{}", std::process::id() % 100_000, COUNTER.fetch_add(1, Ordering::SeqCst));
         let node = format!("polcn{tag}");
@@ -126,16 +140,34 @@ impl Topology {
         let mut topo = Topology { node: node.clone(), pods: Vec::new(), pin, files };
         ip(&["netns", "add", &node]);
         run("ip", &["netns", "exec", &node, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-        run("ip", &["netns", "exec", &node, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        let v6_sysctls: &[&str] = if v6 {
+            &[
+                "net.ipv6.conf.all.forwarding=1",
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ]
+        } else {
+            &["net.ipv6.conf.all.disable_ipv6=1"]
+        };
+        for s in v6_sysctls {
+            run("ip", &["netns", "exec", &node, "sysctl", "-qw", s]);
+        }
         ip(&["-n", &node, "link", "set", "lo", "up"]);
         for (i, name) in pods.iter().enumerate() {
             let ns = format!("polcp{tag}{i}");
             let ifname = format!("pv{tag}{i}");
             let addr = Ipv4Addr::new(10, 77, 0, i as u8 + 1);
+            let addr6 = v6.then(|| Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, i as u16 + 1));
             // Registered first so a failure below still cleans this namespace up.
-            topo.pods.push(Pod { name, ns: ns.clone(), ifname: ifname.clone(), addr });
+            topo.pods.push(Pod { name, ns: ns.clone(), ifname: ifname.clone(), addr, addr6 });
             ip(&["netns", "add", &ns]);
-            run("ip", &["netns", "exec", &ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+            let pod_sysctl = if v6 {
+                "net.ipv6.conf.default.accept_dad=0"
+            } else {
+                "net.ipv6.conf.all.disable_ipv6=1"
+            };
+            run("ip", &["netns", "exec", &ns, "sysctl", "-qw", pod_sysctl]);
+            let pod_mac = format!("02:77:00:00:00:{:02x}", i + 1);
             ip(&[
                 "-n",
                 &node,
@@ -149,6 +181,8 @@ impl Topology {
                 "peer",
                 "name",
                 "eth0",
+                "address",
+                &pod_mac,
                 "netns",
                 &ns,
             ]);
@@ -173,6 +207,16 @@ impl Topology {
                 "nud",
                 "permanent",
             ]);
+            if let Some(a6) = addr6 {
+                let a6 = a6.to_string();
+                let gw = ["lladdr", "ee:ee:ee:ee:ee:ee", "dev", "eth0", "nud", "permanent"];
+                ip(&["-n", &ns, "-6", "addr", "add", &format!("{a6}/128"), "dev", "eth0", "nodad"]);
+                ip(&[&["-n", &ns, "-6", "neigh", "add", "fe80::1"][..], &gw[..]].concat());
+                ip(&["-n", &ns, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0"]);
+                ip(&["-n", &node, "-6", "route", "add", &format!("{a6}/128"), "dev", &ifname]);
+                let nb = ["lladdr", &pod_mac, "dev", &ifname, "nud", "permanent"];
+                ip(&[&["-n", &node, "-6", "neigh", "add", &a6][..], &nb[..]].concat());
+            }
         }
         topo
     }
@@ -192,14 +236,25 @@ impl Topology {
         self.pin.to_str().expect("utf-8 pin path")
     }
 
-    /// Pod YAML for the cluster file.
+    /// Pod YAML for the cluster file (IPv4 only).
     fn pods_yaml(&self) -> String {
+        self.pods_yaml_with_v6(&[])
+    }
+
+    /// Pod YAML listing the IPv6 address too (`podIPs`) for the pods named in `v6`.
+    fn pods_yaml_with_v6(&self, v6: &[&str]) -> String {
         let mut y = String::from("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: e2e\n");
         for p in &self.pods {
+            let ips = match p.addr6 {
+                Some(a6) if v6.contains(&p.name) => {
+                    format!("  podIPs:\n  - ip: {}\n  - ip: {a6}\n", p.addr)
+                }
+                _ => String::new(),
+            };
             y.push_str(&format!(
                 "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {n}\n  namespace: e2e\n  \
                  labels:\n    app: {n}\nspec:\n  containers:\n  - name: c\n    image: x\n\
-                 status:\n  podIP: {a}\n",
+                 status:\n  podIP: {a}\n{ips}",
                 n = p.name,
                 a = p.addr
             ));
@@ -237,7 +292,11 @@ impl Drop for Topology {
 
 /// A TCP server in `pod` that echoes every read back; runs until the process ends.
 fn tcp_echo_server(pod: &Pod, port: u16) {
-    let addr = SocketAddr::from((pod.addr, port));
+    tcp_echo_server_at(pod, SocketAddr::from((pod.addr, port)));
+}
+
+/// [`tcp_echo_server`] on any of the pod's addresses.
+fn tcp_echo_server_at(pod: &Pod, addr: SocketAddr) {
     let listener = in_netns(&pod.ns, move || TcpListener::bind(addr).expect("bind"));
     thread::spawn(move || {
         for stream in listener.incoming().flatten() {
@@ -275,7 +334,18 @@ fn tcp_ok(from: &Pod, to: &Pod, port: u16) -> bool {
 }
 
 fn tcp_connect(from: &Pod, to: &Pod, port: u16) -> Option<TcpStream> {
-    let addr = SocketAddr::from((to.addr, port));
+    tcp_connect_to(from, SocketAddr::from((to.addr, port)))
+}
+
+/// Like [`tcp_ok`] to any address of the destination (e.g. its IPv6 one).
+fn tcp_ok_to(from: &Pod, addr: SocketAddr) -> bool {
+    match tcp_connect_to(from, addr) {
+        Some(mut s) => exchange(&mut s, b"hello"),
+        None => false,
+    }
+}
+
+fn tcp_connect_to(from: &Pod, addr: SocketAddr) -> Option<TcpStream> {
     let s = in_netns(&from.ns, move || TcpStream::connect_timeout(&addr, DENY_WAIT).ok())?;
     s.set_read_timeout(Some(ALLOW_WAIT)).ok()?;
     s.set_write_timeout(Some(ALLOW_WAIT)).ok()?;
@@ -677,6 +747,83 @@ fn policy_is_enforced_swapped_under_a_live_connection_reported_and_detached() {
     eprintln!("netns end-to-end: {} ms", started.elapsed().as_millis());
 }
 
+/// A dual-stack pod gets one program per family and each family is enforced by its own;
+/// a pod the cluster files know only by its IPv4 address has its IPv6 traffic dropped
+/// (fail closed, counted as `no_family_policy`) instead of running the IPv4 program on it.
+#[test]
+fn dual_stack_pods_are_enforced_per_family_and_a_missing_family_fails_closed() {
+    require_kernel!();
+    if !netns_ready() {
+        return;
+    }
+    let topo = Topology::dual_stack(&["client", "server", "other"]);
+    let (client, server, other) = (topo.pod("client"), topo.pod("server"), topo.pod("other"));
+    let v6 = |p: &Pod, port: u16| SocketAddr::from((p.addr6.expect("dual-stack pod"), port));
+    for port in [8080, 9090] {
+        tcp_echo_server(server, port);
+        tcp_echo_server_at(server, v6(server, port));
+    }
+    // The topology carries both families before any policy.
+    assert!(tcp_ok_to(client, v6(server, 9090)), "topology: IPv6 client -> server");
+    assert!(tcp_ok_to(other, v6(server, 9090)), "topology: IPv6 other -> server");
+    assert!(tcp_ok(other, server, 9090), "topology: IPv4");
+
+    // client and server are dual-stack in the files; other is known by its IPv4 only.
+    let policy = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: web
+  namespace: e2e
+spec:
+  podSelector:
+    matchLabels:
+      app: server
+  policyTypes: [Ingress]
+  ingress:
+  - from:
+    - podSelector:
+        matchExpressions:
+        - {key: app, operator: In, values: [client, other]}
+    ports:
+    - {protocol: TCP, port: 8080}
+"#;
+    std::fs::create_dir_all(&topo.files).expect("mkdir");
+    let file = topo.files.join("cluster.yaml");
+    let yaml = format!("{}---{policy}", topo.pods_yaml_with_v6(&["client", "server"]));
+    std::fs::write(&file, yaml).expect("write yaml");
+    let report = attach(&topo, &file);
+    let eps = report["endpoints"].as_array().expect("endpoints");
+    let ep = |name: &str| {
+        eps.iter().find(|e| e["name"] == format!("e2e/{name}")).expect("endpoint").clone()
+    };
+    let (srv, oth) = (ep("server"), ep("other"));
+    assert!(srv["ingress_slot_v6"].is_u64() && srv["egress_slot_v6"].is_u64(), "{srv}");
+    assert_ne!(srv["ingress_slot"], srv["ingress_slot_v6"], "one program per family");
+    assert!(oth["ingress_slot"].is_u64() && oth["ingress_slot_v6"].is_null(), "{oth}");
+
+    // Each family: the allowed port passes, the other is denied by the server's ingress.
+    assert!(tcp_ok(client, server, 8080), "IPv4 client -> server:8080 allowed");
+    assert!(tcp_ok_to(client, v6(server, 8080)), "IPv6 client -> server:8080 allowed");
+    assert!(!tcp_ok(client, server, 9090), "IPv4 client -> server:9090 denied");
+    assert!(!tcp_ok_to(client, v6(server, 9090)), "IPv6 client -> server:9090 denied");
+    assert!(tcp_ok(other, server, 8080), "IPv4 other -> server:8080 allowed");
+    // other has no IPv6 program: its IPv6 packets never reach any policy.
+    let st = status(&topo);
+    let before = st["drops"]["no_family_policy"].as_u64().expect("counter");
+    assert!(!tcp_ok_to(other, v6(server, 8080)), "IPv6 from an IPv4-only pod is dropped");
+    let after = status(&topo)["drops"]["no_family_policy"].as_u64().expect("counter");
+    assert!(after > before, "counted: {before} -> {after}");
+    let srv_status = status(&topo)["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .find(|e| e["name"] == "e2e/server")
+        .expect("server status")
+        .clone();
+    assert!(srv_status["ingress_v6"]["kernel"]["id"].is_u64(), "{srv_status}");
+}
+
 #[test]
 fn a_rejected_program_leaves_the_previous_policy_in_place() {
     use polc_loader::dataplane::{self as dp, AttachOptions};
@@ -715,10 +862,14 @@ fn a_rejected_program_leaves_the_previous_policy_in_place() {
     let pin = topo.pin.clone();
     let st = in_netns(&node, move || dp::status(&pin)).expect("status");
     assert_eq!(st.generation, first.generation, "the failed attach switched nothing");
-    let slots_now: Vec<u32> = st.endpoints.iter().map(|e| e.ingress.slot).collect();
-    let slots_before: Vec<u32> = first.endpoints.iter().map(|e| e.ingress_slot).collect();
+    let slots_now: Vec<Option<u32>> =
+        st.endpoints.iter().map(|e| e.ingress.as_ref().map(|p| p.slot)).collect();
+    let slots_before: Vec<Option<u32>> = first.endpoints.iter().map(|e| e.ingress_slot).collect();
     assert_eq!(slots_now, slots_before);
-    assert!(st.endpoints.iter().all(|e| e.ingress.kernel.is_some() && e.egress.kernel.is_some()));
+    assert!(slots_now.iter().all(Option::is_some), "IPv4 pods have IPv4 programs");
+    let loaded = |p: &Option<dp::PolicyStatus>| p.as_ref().is_some_and(|p| p.kernel.is_some());
+    assert!(st.endpoints.iter().all(|e| loaded(&e.ingress) && loaded(&e.egress)));
+    assert!(st.endpoints.iter().all(|e| e.ingress_v6.is_none() && e.egress_v6.is_none()));
     // Only the live generation is pinned: the failed one left nothing behind.
     let gens: Vec<String> = std::fs::read_dir(&topo.pin)
         .expect("pin dir")
@@ -813,7 +964,8 @@ fn legacy_clsact_filters_enforce_and_detach_cleanly() {
     args.extend(topo.endpoint_args());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let text = polc_ok(&topo.node, &args);
-    assert!(text.starts_with("generation 1: 4 programs loaded, 3 endpoints"), "{text}");
+    // One program per pod and direction: each checks its own pod's address (anti-spoofing).
+    assert!(text.starts_with("generation 1: 6 programs loaded, 3 endpoints"), "{text}");
 
     let filters = |ifname: &str, hook: &str| {
         let out = run("tc", &["-n", &topo.node, "filter", "show", "dev", ifname, hook]);

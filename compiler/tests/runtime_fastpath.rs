@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use polc::asm::{helper, AluOp, Asm, Cond, Insn, Reg, Size};
 use polc_abi::{
     ct_approved, ct_state, ct_timeout, direction, drop_reason, family, stage, verdict, CtEntry,
-    CtKey, Endpoint, FlowState, RULE_ID_NONE, SLOT_EPILOGUE, TC_ACT_OK, TC_ACT_SHOT,
+    CtKey, Endpoint, FlowState, RULE_ID_NONE, SLOT_EPILOGUE, SLOT_NONE, TC_ACT_OK, TC_ACT_SHOT,
 };
 use polc_loader::sys::{self, Fd, MapKind, MapSpec, TestRun};
 use polc_loader::{require_kernel, Hook, Runtime, RuntimeConfig};
@@ -269,11 +269,15 @@ impl Fixture {
             max_entries: 1,
         })
         .expect("counter map");
+        // One program per direction serves both families here (the tests below send
+        // IPv6 through the same slots); per-family dispatch has its own test.
         let ep = Endpoint {
             endpoint_id: ENDPOINT_ID,
             ingress_slot: INGRESS_SLOT,
             egress_slot: EGRESS_SLOT,
             flags: 0,
+            ingress_slot_v6: INGRESS_SLOT,
+            egress_slot_v6: EGRESS_SLOT,
         };
         rt.set_endpoint(IFINDEX, &ep).expect("endpoint");
         Fixture { rt, counter, ctx: skb_ctx(IFINDEX), _progs: Vec::new() }
@@ -656,6 +660,68 @@ fn each_hook_dispatches_to_its_slot_and_the_epilogue_records_the_approval() {
     assert_eq!(f.ct(&k6).expect("v6 entry").approved, ct_approved::ORIG);
 }
 
+/// A dual-stack endpoint: each family runs its own program; a family without one is
+/// dropped and counted, never handed to the other family's program.
+#[test]
+fn each_family_dispatches_to_its_own_slot_and_a_missing_family_fails_closed() {
+    require_kernel!();
+    const EGRESS_V6: u32 = 9;
+    const INGRESS_V6: u32 = 11;
+    let mut f = Fixture::new(&small_config());
+    let ep = Endpoint {
+        endpoint_id: ENDPOINT_ID,
+        ingress_slot: INGRESS_SLOT,
+        egress_slot: EGRESS_SLOT,
+        flags: 0,
+        ingress_slot_v6: INGRESS_V6,
+        egress_slot_v6: EGRESS_V6,
+    };
+    f.rt.set_endpoint(IFINDEX, &ep).unwrap();
+    // IPv4 egress allows with rule 41, IPv6 egress denies with rule 61; ingress likewise.
+    f.policy(EGRESS_SLOT, verdict::ALLOW, 41);
+    f.policy(EGRESS_V6, verdict::DENY, 61);
+    f.policy(INGRESS_SLOT, verdict::DENY, 42);
+    f.policy(INGRESS_V6, verdict::ALLOW, 62);
+    let out4 = ipv4(A4, B4, UDP, &udp(5000, 53, b"q"));
+    let out6 = ipv6(A6, B6, UDP, &udp(5000, 53, b"q"));
+    let in4 = ipv4(B4, A4, TCP, &tcp(33000, 80, SYN));
+    let in6 = ipv6(B6, A6, TCP, &tcp(33000, 80, SYN));
+    assert_eq!(f.run(Hook::FromEndpoint, &out4), TC_ACT_OK);
+    assert_eq!(f.ct(&key4(UDP, A4, 5000, B4, 53)).expect("v4 entry").orig_rule, 41);
+    assert_eq!(f.run(Hook::FromEndpoint, &out6), TC_ACT_SHOT);
+    assert_eq!(f.last_state().rule_id, 61, "the IPv6 program decided");
+    assert_eq!(f.run(Hook::ToEndpoint, &in4), TC_ACT_SHOT);
+    assert_eq!(f.last_state().rule_id, 42);
+    assert_eq!(f.run(Hook::ToEndpoint, &in6), TC_ACT_OK);
+    let k6 = CtKey::new(family::IPV6, TCP, &B6, 33000, &A6, 80).0;
+    assert_eq!(f.ct(&k6).expect("v6 entry").resp_rule, 62);
+    assert_eq!(f.policy_runs(), 4);
+    assert_eq!(f.drops()[drop_reason::POLICY_DENY as usize], 2);
+
+    // An IPv4-only endpoint: IPv6 is dropped before any policy runs, on both hooks.
+    let v4_only = Endpoint { ingress_slot_v6: SLOT_NONE, egress_slot_v6: SLOT_NONE, ..ep };
+    f.rt.set_endpoint(IFINDEX, &v4_only).unwrap();
+    let other6 = ipv6(A6, B6, UDP, &udp(5001, 53, b"q"));
+    assert_eq!(f.run(Hook::FromEndpoint, &other6), TC_ACT_SHOT);
+    assert_eq!(f.run(Hook::ToEndpoint, &ipv6(B6, A6, UDP, &udp(53, 5002, b"r"))), TC_ACT_SHOT);
+    assert_eq!(f.drops()[drop_reason::NO_FAMILY_POLICY as usize], 2);
+    assert_eq!(f.drops()[drop_reason::NO_POLICY as usize], 0, "no tail call was tried");
+    assert_eq!(f.policy_runs(), 4);
+    // IPv4 still runs its program; an IPv6-only endpoint is the mirror image.
+    assert_eq!(f.run(Hook::FromEndpoint, &ipv4(A4, C4, UDP, &udp(5003, 53, b"q"))), TC_ACT_OK);
+    assert_eq!(f.policy_runs(), 5);
+    let v6_only = Endpoint { ingress_slot: SLOT_NONE, egress_slot: SLOT_NONE, ..ep };
+    f.rt.set_endpoint(IFINDEX, &v6_only).unwrap();
+    assert_eq!(f.run(Hook::FromEndpoint, &ipv4(A4, C4, UDP, &udp(5004, 53, b"q"))), TC_ACT_SHOT);
+    assert_eq!(f.drops()[drop_reason::NO_FAMILY_POLICY as usize], 3);
+    assert_eq!(f.policy_runs(), 5);
+    // IPv6 neighbour discovery still passes without policy (every pod needs it).
+    let ns = ipv6(A6, B6, ICMPV6, &icmp(135, 0, [0; 4], &B6));
+    f.rt.set_endpoint(IFINDEX, &v4_only).unwrap();
+    assert_eq!(f.run(Hook::FromEndpoint, &ns), TC_ACT_OK);
+    assert_eq!(f.drops()[drop_reason::NO_FAMILY_POLICY as usize], 3);
+}
+
 #[test]
 fn a_missing_policy_program_fails_closed() {
     require_kernel!();
@@ -690,6 +756,8 @@ fn established_flows_take_the_fast_path_and_follow_the_tcp_lifecycle() {
     // From now on no policy program exists: everything below is the fast path.
     assert!(f.rt.clear_slot(EGRESS_SLOT).unwrap());
     let seen = f.ct(&key).unwrap().last_seen_ns;
+    // Conntrack runs on the coarse clock (one tick, at most 4 ms): let it advance.
+    std::thread::sleep(std::time::Duration::from_millis(10));
     assert_eq!(f.run(Hook::FromEndpoint, &ipv4(A4, B4, TCP, &tcp(40000, 443, SYN))), TC_ACT_OK);
     assert!(f.ct(&key).unwrap().last_seen_ns > seen, "a hit refreshes last_seen");
     // The reply arrives at the pod's to-endpoint hook: allowed as a reply, no policy.

@@ -43,8 +43,10 @@
 //!     endpoints: vec![EndpointAttach {
 //!         name: "default/web".into(),
 //!         ifname: "cali1234".into(),
-//!         ingress: 0,
-//!         egress: 0,
+//!         ingress: Some(0),
+//!         egress: Some(0),
+//!         ingress_v6: None, // IPv4-only pod: its IPv6 packets are dropped
+//!         egress_v6: None,
 //!     }],
 //!     rules: vec![],
 //! };
@@ -65,6 +67,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use polc_abi::{
     drop_reason, Endpoint, ENDPOINT_SIZE, JUMP_ENTRIES, MAP_CT, MAP_DROPS, MAP_EP, MAP_JUMP,
     MAP_STATE, PROG_EPILOGUE, PROG_FROM_EP, PROG_TO_EP, SLOT_EPILOGUE, SLOT_FIRST_POLICY,
+    SLOT_NONE,
 };
 use serde::{Deserialize, Serialize};
 
@@ -168,17 +171,35 @@ pub struct PolicyProgram {
     pub insns: usize,
 }
 
-/// One pod to enforce: its host-side interface and its two programs.
+/// One pod to enforce: its host-side interface and its programs, two per address family
+/// it has. A family without programs (`None`) is dropped by the runtime (fail closed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointAttach {
     /// `namespace/pod`.
     pub name: String,
     /// The pod's host-side interface in the calling network namespace.
     pub ifname: String,
-    /// Index into [`Desired::programs`]: ingress policy (traffic to the pod).
-    pub ingress: usize,
-    /// Index into [`Desired::programs`]: egress policy (traffic from the pod).
-    pub egress: usize,
+    /// Index into [`Desired::programs`]: IPv4 ingress policy (traffic to the pod).
+    pub ingress: Option<usize>,
+    /// Index into [`Desired::programs`]: IPv4 egress policy (traffic from the pod).
+    pub egress: Option<usize>,
+    /// Index into [`Desired::programs`]: IPv6 ingress policy.
+    pub ingress_v6: Option<usize>,
+    /// Index into [`Desired::programs`]: IPv6 egress policy.
+    pub egress_v6: Option<usize>,
+}
+
+impl EndpointAttach {
+    /// The programs by (family, direction), in the order IPv4 ingress, IPv4 egress, IPv6
+    /// ingress, IPv6 egress.
+    pub fn programs(&self) -> [(u8, PolicyDirection, Option<usize>); 4] {
+        [
+            (4, PolicyDirection::Ingress, self.ingress),
+            (4, PolicyDirection::Egress, self.egress),
+            (6, PolicyDirection::Ingress, self.ingress_v6),
+            (6, PolicyDirection::Egress, self.egress_v6),
+        ]
+    }
 }
 
 /// Everything that should be enforced after `attach`.
@@ -260,10 +281,14 @@ pub struct EndpointReport {
     pub ifindex: u32,
     /// The id copied into `FlowState::endpoint_id`.
     pub endpoint_id: u32,
-    /// `POLC_JUMP` slot of its ingress policy.
-    pub ingress_slot: u32,
-    /// `POLC_JUMP` slot of its egress policy.
-    pub egress_slot: u32,
+    /// `POLC_JUMP` slot of its IPv4 ingress policy (`None`: no IPv4, dropped).
+    pub ingress_slot: Option<u32>,
+    /// `POLC_JUMP` slot of its IPv4 egress policy.
+    pub egress_slot: Option<u32>,
+    /// `POLC_JUMP` slot of its IPv6 ingress policy (`None`: no IPv6, dropped).
+    pub ingress_slot_v6: Option<u32>,
+    /// `POLC_JUMP` slot of its IPv6 egress policy.
+    pub egress_slot_v6: Option<u32>,
 }
 
 // ------------------------------------------------------------------ the pinned record
@@ -283,8 +308,11 @@ struct MetaEndpoint {
     ifname: String,
     ifindex: u32,
     endpoint_id: u32,
-    ingress: usize,
-    egress: usize,
+    /// Indexes into `Meta::programs`, by family and direction (as in [`EndpointAttach`]).
+    ingress: Option<usize>,
+    egress: Option<usize>,
+    ingress_v6: Option<usize>,
+    egress_v6: Option<usize>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -587,6 +615,8 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
             endpoint_id,
             ingress: ep.ingress,
             egress: ep.egress,
+            ingress_v6: ep.ingress_v6,
+            egress_v6: ep.egress_v6,
         });
     }
 
@@ -643,16 +673,9 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
     let mut switched: Vec<(u32, Option<Vec<u8>>)> = Vec::new();
     let mut outcome = Ok(());
     for ep in &meta.endpoints {
-        let (Some(ing), Some(eg)) = (meta.programs.get(ep.ingress), meta.programs.get(ep.egress))
-        else {
+        let Some(value) = endpoint_value(&meta, ep) else {
             outcome = Err(failed("internal: endpoint program index"));
             break;
-        };
-        let value = Endpoint {
-            endpoint_id: ep.endpoint_id,
-            ingress_slot: ing.slot,
-            egress_slot: eg.slot,
-            flags: 0,
         };
         let key = ep.ifindex.to_ne_bytes();
         let step = sys::map_lookup(rt.ep.as_fd(), &key).and_then(|before| {
@@ -715,8 +738,10 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
             ifname: e.ifname.clone(),
             ifindex: e.ifindex,
             endpoint_id: e.endpoint_id,
-            ingress_slot: meta.programs.get(e.ingress).map_or(0, |p| p.slot),
-            egress_slot: meta.programs.get(e.egress).map_or(0, |p| p.slot),
+            ingress_slot: slot_of(&meta, e.ingress),
+            egress_slot: slot_of(&meta, e.egress),
+            ingress_slot_v6: slot_of(&meta, e.ingress_v6),
+            egress_slot_v6: slot_of(&meta, e.egress_v6),
         })
         .collect();
     Ok(AttachReport {
@@ -760,8 +785,19 @@ fn validate(d: &Desired) -> Result<()> {
     }
     let mut ifnames = BTreeSet::new();
     for e in &d.endpoints {
-        if e.ingress >= d.programs.len() || e.egress >= d.programs.len() {
+        if e.programs().iter().any(|(_, _, p)| p.is_some_and(|i| i >= d.programs.len())) {
             return Err(invalid(format!("endpoint {} refers to a missing program", e.name)));
+        }
+        // A family is enforced in both directions or not at all, and some family is.
+        if e.ingress.is_some() != e.egress.is_some()
+            || e.ingress_v6.is_some() != e.egress_v6.is_some()
+            || (e.ingress.is_none() && e.ingress_v6.is_none())
+        {
+            return Err(invalid(format!(
+                "endpoint {} needs an ingress and an egress program for each family it has, \
+                 and at least one family",
+                e.name
+            )));
         }
         if !ifnames.insert(e.ifname.as_str()) {
             return Err(invalid(format!("interface `{}` is named by two endpoints", e.ifname)));
@@ -937,10 +973,12 @@ fn remove_stale_generations(
     let mut prev: Option<Vec<u8>> = None;
     while let Some(k) = sys::map_next_key(rt.ep.as_fd(), prev.as_deref())? {
         if let Some(v) = sys::map_lookup(rt.ep.as_fd(), &k)? {
-            // Endpoint layout: ingress_slot at byte 4, egress_slot at byte 8.
-            for at in [4usize, 8] {
-                if let Some(b) = v.get(at..at + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
-                    live_slots.insert(u32::from_ne_bytes(b));
+            if let Ok(b) = <[u8; ENDPOINT_SIZE]>::try_from(v.as_slice()) {
+                let e = Endpoint::from_bytes(&b);
+                for s in [e.ingress_slot, e.egress_slot, e.ingress_slot_v6, e.egress_slot_v6] {
+                    if s != SLOT_NONE {
+                        live_slots.insert(s);
+                    }
                 }
             }
         }
@@ -1193,10 +1231,14 @@ pub struct EndpointStatus {
     pub endpoint_id: u32,
     /// The tc hooks of the interface and how they are attached.
     pub tc: Vec<HookStatus>,
-    /// Ingress policy (traffic to the pod).
-    pub ingress: PolicyStatus,
-    /// Egress policy (traffic from the pod).
-    pub egress: PolicyStatus,
+    /// IPv4 ingress policy (traffic to the pod); `None`: the pod has no IPv4 program.
+    pub ingress: Option<PolicyStatus>,
+    /// IPv4 egress policy (traffic from the pod).
+    pub egress: Option<PolicyStatus>,
+    /// IPv6 ingress policy; `None`: the pod has no IPv6 program.
+    pub ingress_v6: Option<PolicyStatus>,
+    /// IPv6 egress policy.
+    pub egress_v6: Option<PolicyStatus>,
 }
 
 /// One tc hook in [`EndpointStatus`].
@@ -1295,8 +1337,10 @@ pub fn status(pin_path: &Path) -> Result<Status> {
             ifindex: ep.ifindex,
             endpoint_id: ep.endpoint_id,
             tc,
-            ingress: policy(ep.ingress)?,
-            egress: policy(ep.egress)?,
+            ingress: ep.ingress.map(&policy).transpose()?,
+            egress: ep.egress.map(&policy).transpose()?,
+            ingress_v6: ep.ingress_v6.map(&policy).transpose()?,
+            egress_v6: ep.egress_v6.map(&policy).transpose()?,
         });
     }
 
@@ -1352,7 +1396,7 @@ pub struct Dump {
     pub endpoint: String,
     /// `ingress` or `egress` (policy direction).
     pub direction: String,
-    /// Its slot.
+    /// The slot of its first program (IPv4 if the pod has IPv4).
     pub slot: u32,
     /// Hits by rule id (summed over CPUs) for the rules the listing names, with their
     /// descriptions, in rule-id order.
@@ -1388,18 +1432,27 @@ pub fn dump(pin_path: &Path, ifname: &str, direction: PolicyDirection) -> Result
         .iter()
         .find(|e| e.ifname == ifname)
         .ok_or_else(|| invalid(format!("interface `{ifname}` is not a polc endpoint")))?;
-    let idx = match direction {
-        PolicyDirection::Ingress => ep.ingress,
-        PolicyDirection::Egress => ep.egress,
-    };
-    let p = meta.programs.get(idx).ok_or_else(|| failed("record: bad program index"))?;
-    let counters = match &p.counters {
+    // One program per family the pod has; a dual-stack pod's listings follow each other.
+    let idxs: Vec<usize> = match direction {
+        PolicyDirection::Ingress => [ep.ingress, ep.ingress_v6],
+        PolicyDirection::Egress => [ep.egress, ep.egress_v6],
+    }
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut programs = Vec::new();
+    for idx in idxs {
+        programs.push(meta.programs.get(idx).ok_or_else(|| failed("record: bad program index"))?);
+    }
+    let first = programs.first().ok_or_else(|| failed("record: endpoint without programs"))?;
+    let counters = match &first.counters {
         Some(name) => bpffs::get_pinned(&dir.join(name))?,
         None => None,
     };
     let mut hits: BTreeMap<u32, u64> = BTreeMap::new();
     let mut listing = String::new();
-    for line in p.listing.lines() {
+    let lines = programs.iter().flat_map(|p| p.listing.lines());
+    for line in lines {
         listing.push_str(line);
         if let Some(id) = rule_id_in(line) {
             let n = match (&counters, hits.get(&id)) {
@@ -1426,9 +1479,32 @@ pub fn dump(pin_path: &Path, ifname: &str, direction: PolicyDirection) -> Result
             PolicyDirection::Ingress => "ingress".into(),
             PolicyDirection::Egress => "egress".into(),
         },
-        slot: p.slot,
+        slot: first.slot,
         rules,
         listing,
+    })
+}
+
+/// The `POLC_JUMP` slot of program `idx` of the record, `None` without a program.
+fn slot_of(meta: &Meta, idx: Option<usize>) -> Option<u32> {
+    idx.and_then(|i| meta.programs.get(i)).map(|p| p.slot)
+}
+
+/// The `POLC_EP` value of an endpoint: its slots by family ([`SLOT_NONE`] for a family it
+/// does not have); `None` if the record names a program it does not hold.
+fn endpoint_value(meta: &Meta, ep: &MetaEndpoint) -> Option<Endpoint> {
+    let slot = |idx: Option<usize>| match idx {
+        None => Some(SLOT_NONE),
+        Some(i) => meta.programs.get(i).map(|p| p.slot),
+    };
+    let a = ep;
+    Some(Endpoint {
+        endpoint_id: ep.endpoint_id,
+        ingress_slot: slot(a.ingress)?,
+        egress_slot: slot(a.egress)?,
+        flags: 0,
+        ingress_slot_v6: slot(a.ingress_v6)?,
+        egress_slot_v6: slot(a.egress_v6)?,
     })
 }
 
@@ -1451,8 +1527,7 @@ pub fn endpoint_entry(pin_path: &Path, ifindex: u32) -> Result<Option<Endpoint>>
     };
     let b = <[u8; ENDPOINT_SIZE]>::try_from(v.as_slice())
         .map_err(|_| failed("POLC_EP value has the wrong size"))?;
-    let u = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-    Ok(Some(Endpoint { endpoint_id: u(0), ingress_slot: u(4), egress_slot: u(8), flags: u(12) }))
+    Ok(Some(Endpoint::from_bytes(&b)))
 }
 
 #[cfg(test)]
@@ -1510,7 +1585,14 @@ mod tests {
             listing: String::new(),
             insns: 1,
         };
-        let ep = EndpointAttach { name: "a/b".into(), ifname: "x".into(), ingress: 0, egress: 0 };
+        let ep = EndpointAttach {
+            name: "a/b".into(),
+            ifname: "x".into(),
+            ingress: Some(0),
+            egress: Some(0),
+            ingress_v6: None,
+            egress_v6: None,
+        };
         let d = Desired {
             maps: vec![],
             programs: vec![prog],
@@ -1530,6 +1612,14 @@ mod tests {
             max_entries: 1,
             entries: vec![],
         };
+        let mut d4 = d.clone();
+        d4.programs[0].maps.clear();
+        d4.endpoints[0].egress_v6 = Some(0);
+        assert!(validate(&d4).unwrap_err().to_string().contains("each family"));
+        d4.endpoints[0].ingress_v6 = Some(0);
+        assert!(validate(&d4).is_ok());
+        d4.endpoints[0].ingress_v6 = Some(1);
+        assert!(validate(&d4).unwrap_err().to_string().contains("missing program"));
         let d3 = Desired { maps: vec![bad_map], ..Desired::default() };
         assert!(validate(&d3).unwrap_err().to_string().contains("`a.b`"));
     }

@@ -19,17 +19,17 @@ mod parse;
 
 use aya_ebpf::{
     btf_maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray},
-    helpers::bpf_ktime_get_ns,
     macros::{btf_map, classifier},
     programs::TcContext,
 };
 use polc_abi::{
-    ct_approved, direction, drop_reason, stage, verdict, CtEntry, CtKey, Endpoint, FlowState,
-    CT_DEFAULT_ENTRIES, EP_ENTRIES, JUMP_ENTRIES, RULE_ID_NONE, STATE_KEY, TC_ACT_OK, TC_ACT_SHOT,
+    ct_approved, direction, drop_reason, family, stage, verdict, CtEntry, CtKey, Endpoint,
+    FlowState, CT_DEFAULT_ENTRIES, EP_ENTRIES, JUMP_ENTRIES, RULE_ID_NONE, SLOT_NONE, STATE_KEY,
+    TC_ACT_OK, TC_ACT_SHOT,
 };
 
 use conntrack::{Hook, KeyBuf};
-use parse::Stop;
+use parse::{Flow, Stop};
 
 // The static names are the map names userspace looks up (polc_abi::MAP_*).
 #[btf_map]
@@ -83,53 +83,82 @@ fn endpoint(ctx: &TcContext) -> Option<*const Endpoint> {
 
 #[inline(always)]
 fn handle(ctx: &TcContext, hook: Hook) -> i32 {
-    // The packet is parsed into this CPU's scratch record: it is what the policy program
-    // reads on a miss, and the stack is too small for a second copy.
-    let Some(state) = POLC_STATE.get_ptr_mut(STATE_KEY) else {
-        return drop_packet(drop_reason::NO_STATE);
+    // Parsed on the stack: the fast path touches no per-CPU record.
+    let mut f = Flow {
+        src: [0; 2],
+        dst: [0; 2],
+        src_port: 0,
+        dst_port: 0,
+        ct_src_port: 0,
+        ct_dst_port: 0,
+        family: 0,
+        protocol: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        tcp_flags: 0,
+        l4_off: 0,
+        icmp_error: false,
     };
-    // SAFETY: this CPU's scratch record, valid and exclusively ours while the program (and
-    // the programs it tail-calls) run.
-    let st = unsafe { &mut *state };
-    let l4 = match parse::parse(ctx, st) {
-        Ok(l4) => l4,
+    match parse::parse(ctx, &mut f) {
+        Ok(()) => {}
         Err(Stop::Pass) => return TC_ACT_OK,
         // Only polc endpoints enforce anything, bad packets included.
         Err(Stop::Drop(reason)) => {
             return if endpoint(ctx).is_some() { drop_packet(reason) } else { TC_ACT_OK };
         }
-    };
+    }
     let mut key = KeyBuf(CtKey::default());
-    // SAFETY: `st` is a map value (8-aligned).
-    let src_is_lo = unsafe { conntrack::flow_key(&mut key, st) };
-    let key = &key.0;
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let src_is_lo = conntrack::fill_key(&mut key, f.family, f.protocol, &f.ends());
+    let now = conntrack::now_ns();
     // The fast path: one lookup.
-    if let Some(e) = POLC_CT.get_ptr_mut(key) {
+    if let Some(e) = POLC_CT.get_ptr_mut(&key.0) {
         // SAFETY: a live entry of the map; concurrent updates only race on plain fields.
         let e = unsafe { &mut *e };
         let forward = (e.orig_is_lo != 0) == src_is_lo;
-        if conntrack::usable(e, st.protocol, st.tcp_flags, now)
+        if conntrack::usable(e, f.protocol, f.tcp_flags, now)
             && e.approved & conntrack::role_bit(hook, forward) != 0
         {
-            e.last_seen_ns = now;
-            if st.protocol == parse::IPPROTO_TCP {
-                e.state = conntrack::next_state(e.state, st.tcp_flags, forward);
-            }
+            conntrack::touch(e, f.protocol, f.tcp_flags, forward, now);
             return TC_ACT_OK;
         }
     }
-    if l4.icmp_error && related(ctx, st.family, &l4, now) {
+    if f.icmp_error && related(ctx, &f, now) {
         return TC_ACT_OK;
     }
     let Some(ep) = endpoint(ctx) else { return TC_ACT_OK };
     // SAFETY: a live map value.
     let ep = unsafe { *ep };
+    let v6 = f.family == family::IPV6;
     let (dir, slot) = match hook {
-        Hook::FromEp => (direction::EGRESS, ep.egress_slot),
-        Hook::ToEp => (direction::INGRESS, ep.ingress_slot),
+        Hook::FromEp => (direction::EGRESS, if v6 { ep.egress_slot_v6 } else { ep.egress_slot }),
+        Hook::ToEp => (direction::INGRESS, if v6 { ep.ingress_slot_v6 } else { ep.ingress_slot }),
     };
+    // Never the other family's program: it would read addresses of the wrong size.
+    if slot == SLOT_NONE {
+        return drop_packet(drop_reason::NO_FAMILY_POLICY);
+    }
+    let Some(state) = POLC_STATE.get_ptr_mut(STATE_KEY) else {
+        return drop_packet(drop_reason::NO_STATE);
+    };
+    // SAFETY: this CPU's scratch record, valid and exclusively ours while the program (and
+    // the programs it tail-calls) run; a map value, so 8-aligned.
+    unsafe { fill_state(&mut *state, &f, dir, ep.endpoint_id, ifindex(ctx)) };
+    // SAFETY: on success the tail call does not return.
+    unsafe { POLC_JUMP.tail_call(ctx, slot) };
+    drop_packet(drop_reason::NO_POLICY)
+}
+
+/// Writes the whole scratch record for the policy program: the parsed flow, the hook's
+/// direction and endpoint, no verdict yet (a policy program that does not decide denies).
+///
+/// # Safety
+/// `st` must be 8-byte aligned (a map value).
+#[inline(always)]
+unsafe fn fill_state(st: &mut FlowState, f: &Flow, dir: u8, endpoint_id: u32, ifindex: u32) {
+    st.family = f.family;
+    st.protocol = f.protocol;
+    st.icmp_type = f.icmp_type;
+    st.icmp_code = f.icmp_code;
     st.direction = dir;
     // SAFETY: fields of the record; volatile keeps LLVM from a memset call.
     unsafe {
@@ -138,27 +167,37 @@ fn handle(ctx: &TcContext, hook: Hook) -> i32 {
         pad.add(1).write_volatile(0);
         pad.add(2).write_volatile(0);
     }
-    st.endpoint_id = ep.endpoint_id;
-    // No verdict yet: a policy program that does not decide denies.
+    st.src_port = f.src_port;
+    st.dst_port = f.dst_port;
+    st.endpoint_id = endpoint_id;
+    // SAFETY: the address fields sit at offsets 16 and 32 of an 8-aligned record.
+    unsafe {
+        let w = st.src_addr.as_mut_ptr().cast::<u64>();
+        w.write(f.src[0]);
+        w.add(1).write(f.src[1]);
+        let w = st.dst_addr.as_mut_ptr().cast::<u64>();
+        w.write(f.dst[0]);
+        w.add(1).write(f.dst[1]);
+    }
     st.verdict = verdict::UNSET;
     st.rule_id = RULE_ID_NONE;
     st.stage = stage::RUNTIME;
     st.resume = 0;
+    st.tcp_flags = f.tcp_flags;
     st._pad1 = 0;
+    st.ct_src_port = f.ct_src_port;
+    st.ct_dst_port = f.ct_dst_port;
     st._pad2 = 0;
-    st.ifindex = ifindex(ctx);
+    st.ifindex = ifindex;
     st._pad3 = 0;
-    // SAFETY: on success the tail call does not return.
-    unsafe { POLC_JUMP.tail_call(ctx, slot) };
-    drop_packet(drop_reason::NO_POLICY)
 }
 
 /// An ICMP error about a tracked, approved, unexpired flow is allowed without policy.
 #[inline(always)]
-fn related(ctx: &TcContext, fam: u8, l4: &parse::L4, now: u64) -> bool {
-    let Some((protocol, ends)) = parse::parse_quoted(ctx, fam, l4) else { return false };
+fn related(ctx: &TcContext, f: &Flow, now: u64) -> bool {
+    let Some((protocol, ends)) = parse::parse_quoted(ctx, f) else { return false };
     let mut key = KeyBuf(CtKey::default());
-    conntrack::fill_key(&mut key, fam, protocol, &ends);
+    conntrack::fill_key(&mut key, f.family, protocol, &ends);
     match POLC_CT.get_ptr(&key.0) {
         // SAFETY: a live map value.
         Some(e) => unsafe { (*e).approved != 0 && conntrack::usable(&*e, protocol, 0, now) },
@@ -185,8 +224,7 @@ pub fn polc_epilogue(_ctx: TcContext) -> i32 {
     // SAFETY: `st` is a map value (8-aligned).
     let src_is_lo = unsafe { conntrack::flow_key(&mut key, st) };
     let key = &key.0;
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = conntrack::now_ns();
     if let Some(e) = POLC_CT.get_ptr_mut(key) {
         // SAFETY: a live map value.
         let e = unsafe { &mut *e };
@@ -202,10 +240,7 @@ pub fn polc_epilogue(_ctx: TcContext) -> i32 {
             } else {
                 e.resp_rule = st.rule_id;
             }
-            e.last_seen_ns = now;
-            if st.protocol == parse::IPPROTO_TCP {
-                e.state = conntrack::next_state(e.state, st.tcp_flags, true);
-            }
+            conntrack::touch(e, st.protocol, st.tcp_flags, true, now);
             return TC_ACT_OK;
         }
     }

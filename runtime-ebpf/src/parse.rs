@@ -1,10 +1,10 @@
 //! Packet parsing: Ethernet, IPv4/IPv6 (with extension headers) and the L4 fields policy
-//! and conntrack need, read with `bpf_skb_load_bytes` (bounds-checked by the kernel) and
-//! written straight into the per-CPU [`FlowState`] (the 512-byte stack has no room for
-//! copies).
+//! and conntrack need, into a [`Flow`] on the stack. Reads use direct packet access
+//! (`data`/`data_end`, bounds-checked against the verifier's packet range) and fall back to
+//! `bpf_skb_load_bytes` only for bytes outside the skb's linear head (rare: paged skbs).
 
 use aya_ebpf::programs::TcContext;
-use polc_abi::{drop_reason, family, FlowState, IPV6_MAX_EXT_HEADERS};
+use polc_abi::{drop_reason, family, IPV6_MAX_EXT_HEADERS};
 
 use crate::conntrack::Ends;
 
@@ -26,13 +26,44 @@ const NEXTHDR_FRAGMENT: u8 = 44;
 const NEXTHDR_AUTH: u8 = 51;
 const NEXTHDR_DEST: u8 = 60;
 
-/// What parsing leaves outside the [`FlowState`].
-pub struct L4 {
+/// The flow fields of one packet, parsed on the stack. Copied into the per-CPU
+/// `FlowState` only on a conntrack miss.
+#[repr(C, align(8))]
+pub struct Flow {
+    /// Source address as two native-endian words of the network-order bytes (IPv4: the
+    /// low 4 bytes of word 0, the rest zero).
+    pub src: [u64; 2],
+    /// Destination address, like `src`.
+    pub dst: [u64; 2],
+    /// L4 ports, host order (0 for protocols without ports).
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// The conntrack "ports": L4 ports or the ICMP echo identifier.
+    pub ct_src_port: u16,
+    pub ct_dst_port: u16,
+    pub family: u8,
+    pub protocol: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub tcp_flags: u8,
     /// Offset of the L4 header from the start of the packet.
-    pub off: usize,
-    /// The packet is an ICMP error (destination unreachable, time exceeded, ...): its
-    /// payload quotes the offending packet's IP header at `off + 8`.
+    pub l4_off: u16,
+    /// An ICMP error (destination unreachable, time exceeded, ...): its payload quotes
+    /// the offending packet's IP header at `l4_off + 8`.
     pub icmp_error: bool,
+}
+
+impl Flow {
+    /// The conntrack view of the flow.
+    #[inline(always)]
+    pub fn ends(&self) -> Ends {
+        Ends {
+            src: (self.src[0], self.src[1]),
+            src_port: self.ct_src_port,
+            dst: (self.dst[0], self.dst[1]),
+            dst_port: self.ct_dst_port,
+        }
+    }
 }
 
 /// Why parsing stopped before the flow fields were complete.
@@ -43,114 +74,99 @@ pub enum Stop {
     Drop(u32),
 }
 
-/// Reads 16 address bytes at `off` into `dst` (an 8-aligned field), as two words.
+const TRUNC: Stop = Stop::Drop(drop_reason::TRUNCATED);
+
+/// Reads a `T` at packet offset `off`: directly from the linear head when it is there,
+/// else through `bpf_skb_load_bytes` (which fails beyond the packet's end). `T` is at
+/// least 2 bytes: for one byte LLVM turns the bounds check into `data + off < data_end`,
+/// from which the verifier derives no range.
 #[inline(always)]
-fn load_addr(ctx: &TcContext, off: usize, dst: &mut [u8; 16]) -> Option<()> {
-    let w: [u64; 2] = ctx.load(off).ok()?;
-    let d = dst.as_mut_ptr().cast::<u64>();
-    // SAFETY: the caller's field is 16 bytes and 8-aligned (FlowState in a map value).
-    unsafe {
-        d.write(w[0]);
-        d.add(1).write(w[1]);
+fn read<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, Stop> {
+    const { assert!(core::mem::size_of::<T>() >= 2) };
+    let start = ctx.data();
+    if start + off + core::mem::size_of::<T>() <= ctx.data_end() {
+        // SAFETY: the bytes lie inside the packet's linear data (checked just above, which
+        // is also what the verifier checks); packet headers need not be aligned.
+        Ok(unsafe { ((start + off) as *const T).read_unaligned() })
+    } else {
+        ctx.load::<T>(off).map_err(|_| TRUNC)
     }
-    Some(())
 }
 
 #[inline(always)]
-fn be16(b0: u8, b1: u8) -> u16 {
-    u16::from_be_bytes([b0, b1])
+fn be16(x: u16) -> u16 {
+    u16::from_be(x)
 }
 
-/// Parses the packet in `ctx` from its Ethernet header into the flow fields of `p`
-/// (family, protocol, ICMP type/code, ports, addresses, TCP flags, conntrack ports). The
-/// caller sets the rest.
+/// Parses the packet in `ctx` from its Ethernet header into `f` (every field).
 #[inline(always)]
-pub fn parse(ctx: &TcContext, p: &mut FlowState) -> Result<L4, Stop> {
-    let eth_type: [u8; 2] = ctx.load(12).map_err(|_| Stop::Drop(drop_reason::TRUNCATED))?;
-    p.icmp_type = 0;
-    p.icmp_code = 0;
-    p.tcp_flags = 0;
-    p.src_port = 0;
-    p.dst_port = 0;
-    p.ct_src_port = 0;
-    p.ct_dst_port = 0;
-    // SAFETY: the four address words of the (8-aligned) record. Volatile: LLVM would
-    // merge plain stores into a memset call.
-    unsafe {
-        let w = p.src_addr.as_mut_ptr().cast::<u64>();
-        w.write_volatile(0);
-        w.add(1).write_volatile(0);
-        let w = p.dst_addr.as_mut_ptr().cast::<u64>();
-        w.write_volatile(0);
-        w.add(1).write_volatile(0);
-    }
-    let off = match be16(eth_type[0], eth_type[1]) {
-        ETH_P_IP => parse_ipv4(ctx, p)?,
-        ETH_P_IPV6 => parse_ipv6(ctx, p)?,
+pub fn parse(ctx: &TcContext, f: &mut Flow) -> Result<(), Stop> {
+    let eth_type: u16 = read(ctx, 12)?;
+    f.icmp_type = 0;
+    f.icmp_code = 0;
+    f.tcp_flags = 0;
+    f.icmp_error = false;
+    match be16(eth_type) {
+        ETH_P_IP => parse_ipv4(ctx, f)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, f)?,
         ETH_P_ARP => return Err(Stop::Pass),
         _ => return Err(Stop::Drop(drop_reason::ETHERTYPE)),
-    };
-    let icmp_error = parse_l4(ctx, p, off)?;
-    Ok(L4 { off, icmp_error })
+    }
+    parse_l4(ctx, f)
 }
 
 /// IPv4 header: version, IHL (options skipped), total length, fragment offset, addresses.
 #[inline(always)]
-fn parse_ipv4(ctx: &TcContext, p: &mut FlowState) -> Result<usize, Stop> {
-    let h: [u8; 20] = ctx.load(ETH_HLEN).map_err(|_| Stop::Drop(drop_reason::TRUNCATED))?;
-    let ihl = ((h[0] & 0x0f) as usize) * 4;
-    if h[0] >> 4 != 4 || ihl < 20 {
+fn parse_ipv4(ctx: &TcContext, f: &mut Flow) -> Result<(), Stop> {
+    let vihl = read::<[u8; 2]>(ctx, ETH_HLEN)?[0];
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if vihl >> 4 != 4 || ihl < 20 {
         return Err(Stop::Drop(drop_reason::MALFORMED));
     }
-    let total = be16(h[2], h[3]) as usize;
+    let total = be16(read(ctx, ETH_HLEN + 2)?) as usize;
     if total < ihl {
         return Err(Stop::Drop(drop_reason::MALFORMED));
     }
     if ETH_HLEN + total > ctx.len() as usize {
-        return Err(Stop::Drop(drop_reason::TRUNCATED));
+        return Err(TRUNC);
     }
     // A non-first fragment carries no L4 header (see docs/runtime.md, "Fragments").
-    if be16(h[6], h[7]) & 0x1fff != 0 {
+    if be16(read(ctx, ETH_HLEN + 6)?) & 0x1fff != 0 {
         return Err(Stop::Drop(drop_reason::FRAGMENT));
     }
-    p.family = family::IPV4;
-    p.protocol = h[9];
-    // SAFETY: 4-aligned u32 slots of the record.
-    unsafe {
-        p.src_addr
-            .as_mut_ptr()
-            .cast::<u32>()
-            .write(u32::from_ne_bytes([h[12], h[13], h[14], h[15]]));
-        p.dst_addr
-            .as_mut_ptr()
-            .cast::<u32>()
-            .write(u32::from_ne_bytes([h[16], h[17], h[18], h[19]]));
-    }
-    Ok(ETH_HLEN + ihl)
+    f.family = family::IPV4;
+    f.protocol = read::<[u8; 2]>(ctx, ETH_HLEN + 8)?[1];
+    let src: u32 = read(ctx, ETH_HLEN + 12)?;
+    let dst: u32 = read(ctx, ETH_HLEN + 16)?;
+    f.src = [u64::from(src), 0];
+    f.dst = [u64::from(dst), 0];
+    f.l4_off = (ETH_HLEN + ihl) as u16;
+    Ok(())
 }
 
 /// IPv6 header plus a bounded walk over hop-by-hop, routing, fragment, AH and destination
 /// options headers.
 #[inline(always)]
-fn parse_ipv6(ctx: &TcContext, p: &mut FlowState) -> Result<usize, Stop> {
-    let h: [u8; 8] = ctx.load(ETH_HLEN).map_err(|_| Stop::Drop(drop_reason::TRUNCATED))?;
-    if h[0] >> 4 != 6 {
+fn parse_ipv6(ctx: &TcContext, f: &mut Flow) -> Result<(), Stop> {
+    let ver = read::<[u8; 2]>(ctx, ETH_HLEN)?[0];
+    if ver >> 4 != 6 {
         return Err(Stop::Drop(drop_reason::MALFORMED));
     }
-    let payload = be16(h[4], h[5]) as usize;
+    let payload = be16(read(ctx, ETH_HLEN + 4)?) as usize;
     if ETH_HLEN + 40 + payload > ctx.len() as usize {
-        return Err(Stop::Drop(drop_reason::TRUNCATED));
+        return Err(TRUNC);
     }
-    p.family = family::IPV6;
-    // Straight into the record: the stack is small (512 bytes for everything inlined).
-    load_addr(ctx, ETH_HLEN + 8, &mut p.src_addr).ok_or(Stop::Drop(drop_reason::TRUNCATED))?;
-    load_addr(ctx, ETH_HLEN + 24, &mut p.dst_addr).ok_or(Stop::Drop(drop_reason::TRUNCATED))?;
-    let mut next = h[6];
+    f.family = family::IPV6;
+    f.src = [read(ctx, ETH_HLEN + 8)?, read(ctx, ETH_HLEN + 16)?];
+    f.dst = [read(ctx, ETH_HLEN + 24)?, read(ctx, ETH_HLEN + 32)?];
+    let mut next = read::<[u8; 2]>(ctx, ETH_HLEN + 6)?[0];
     let mut off = ETH_HLEN + 40;
     for _ in 0..IPV6_MAX_EXT_HEADERS {
         match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH => {
-                let e: [u8; 2] = ctx.load(off).map_err(|_| Stop::Drop(drop_reason::TRUNCATED))?;
+                // Extension headers are a rare, slow path: the helper keeps the verifier
+                // away from variable packet offsets.
+                let e: [u8; 2] = ctx.load(off).map_err(|_| TRUNC)?;
                 let len = if next == NEXTHDR_AUTH {
                     (e[1] as usize + 2) * 4
                 } else {
@@ -160,16 +176,17 @@ fn parse_ipv6(ctx: &TcContext, p: &mut FlowState) -> Result<usize, Stop> {
                 off += len;
             }
             NEXTHDR_FRAGMENT => {
-                let e: [u8; 4] = ctx.load(off).map_err(|_| Stop::Drop(drop_reason::TRUNCATED))?;
-                if be16(e[2], e[3]) & 0xfff8 != 0 {
+                let e: [u8; 4] = ctx.load(off).map_err(|_| TRUNC)?;
+                if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
                     return Err(Stop::Drop(drop_reason::FRAGMENT));
                 }
                 next = e[0];
                 off += 8;
             }
             _ => {
-                p.protocol = next;
-                return Ok(off);
+                f.protocol = next;
+                f.l4_off = off as u16;
+                return Ok(());
             }
         }
     }
@@ -189,62 +206,72 @@ fn icmp_is_error(fam: u8, ty: u8) -> bool {
 }
 
 /// Ports, TCP flags, ICMP type/code/echo id, by protocol. Unknown protocols get ports 0.
-/// Returns whether the packet is an ICMP error.
 #[inline(always)]
-fn parse_l4(ctx: &TcContext, p: &mut FlowState, off: usize) -> Result<bool, Stop> {
-    let truncated = |_| Stop::Drop(drop_reason::TRUNCATED);
-    match p.protocol {
-        IPPROTO_TCP => {
-            let t: [u8; 14] = ctx.load(off).map_err(truncated)?;
-            p.src_port = be16(t[0], t[1]);
-            p.dst_port = be16(t[2], t[3]);
-            p.tcp_flags = t[13];
-        }
-        IPPROTO_UDP | IPPROTO_SCTP => {
-            let t: [u8; 4] = ctx.load(off).map_err(truncated)?;
-            p.src_port = be16(t[0], t[1]);
-            p.dst_port = be16(t[2], t[3]);
+fn parse_l4(ctx: &TcContext, f: &mut Flow) -> Result<(), Stop> {
+    // Bounded for the verifier (variable packet offsets must stay far below 64 KiB); an L4
+    // header further in (only after huge IPv6 extension headers) is read by the helper.
+    let off = f.l4_off as usize & 0x3fff;
+    if off != f.l4_off as usize {
+        return Err(Stop::Drop(drop_reason::IPV6_EXT_LIMIT));
+    }
+    let (mut sport, mut dport) = (0u16, 0u16);
+    match f.protocol {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
+            // The ports are the first 4 bytes of all three; TCP flags at byte 13.
+            let ports: u32 = read(ctx, off)?;
+            sport = be16(ports as u16);
+            dport = be16((ports >> 16) as u16);
+            if f.protocol == IPPROTO_TCP {
+                f.tcp_flags = read::<[u8; 2]>(ctx, off + 12)?[1];
+            }
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6
-            if (p.protocol == IPPROTO_ICMP) == (p.family == family::IPV4) =>
+            if (f.protocol == IPPROTO_ICMP) == (f.family == family::IPV4) =>
         {
-            let t: [u8; 8] = ctx.load(off).map_err(truncated)?;
-            p.icmp_type = t[0];
-            p.icmp_code = t[1];
-            let echo = if p.family == family::IPV4 {
-                matches!(t[0], 0 | 8)
+            let tc: [u8; 2] = read(ctx, off)?;
+            let id = be16(read(ctx, off + 4)?);
+            f.icmp_type = tc[0];
+            f.icmp_code = tc[1];
+            f.src_port = 0;
+            f.dst_port = 0;
+            let echo = if f.family == family::IPV4 {
+                matches!(tc[0], 0 | 8)
             } else {
-                matches!(t[0], 128 | 129)
+                matches!(tc[0], 128 | 129)
             };
             if echo {
-                let id = be16(t[4], t[5]);
-                p.ct_src_port = id;
-                p.ct_dst_port = id;
-                return Ok(false);
+                f.ct_src_port = id;
+                f.ct_dst_port = id;
+                return Ok(());
             }
             // Neighbour discovery (router/neighbour solicitation/advertisement, redirect)
             // is link plumbing every pod needs: it bypasses policy.
-            if p.family == family::IPV6 && matches!(t[0], 133..=137) {
+            if f.family == family::IPV6 && matches!(tc[0], 133..=137) {
                 return Err(Stop::Pass);
             }
-            return Ok(icmp_is_error(p.family, t[0]));
+            f.ct_src_port = 0;
+            f.ct_dst_port = 0;
+            f.icmp_error = icmp_is_error(f.family, tc[0]);
+            return Ok(());
         }
         _ => {}
     }
-    p.ct_src_port = p.src_port;
-    p.ct_dst_port = p.dst_port;
-    Ok(false)
+    f.src_port = sport;
+    f.dst_port = dport;
+    f.ct_src_port = sport;
+    f.ct_dst_port = dport;
+    Ok(())
 }
 
 /// The ends of the packet an ICMP error quotes, seen in the direction of the error (the
 /// quoted packet's destination is our source), and its protocol. `None` if the quoted
-/// header is cut short or not of the outer family.
+/// header is cut short or not of the outer family. A slow path: helper reads only.
 #[inline(always)]
-pub fn parse_quoted(ctx: &TcContext, fam: u8, l4: &L4) -> Option<(u8, Ends)> {
-    let off = l4.off + 8;
+pub fn parse_quoted(ctx: &TcContext, f: &Flow) -> Option<(u8, Ends)> {
+    let off = f.l4_off as usize + 8;
     let protocol;
     let (src, dst, l4_off);
-    if fam == family::IPV4 {
+    if f.family == family::IPV4 {
         let h: [u8; 20] = ctx.load(off).ok()?;
         let ihl = ((h[0] & 0x0f) as usize) * 4;
         if h[0] >> 4 != 4 || ihl < 20 {
@@ -269,11 +296,11 @@ pub fn parse_quoted(ctx: &TcContext, fam: u8, l4: &L4) -> Option<(u8, Ends)> {
     let (src_port, dst_port) = match protocol {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
             let t: [u8; 4] = ctx.load(l4_off).ok()?;
-            (be16(t[2], t[3]), be16(t[0], t[1]))
+            (u16::from_be_bytes([t[2], t[3]]), u16::from_be_bytes([t[0], t[1]]))
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             let t: [u8; 8] = ctx.load(l4_off).ok()?;
-            let id = be16(t[4], t[5]);
+            let id = u16::from_be_bytes([t[4], t[5]]);
             (id, id)
         }
         _ => (0, 0),

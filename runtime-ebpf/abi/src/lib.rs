@@ -289,21 +289,47 @@ pub mod tcp_flags {
 }
 
 /// The value of [`MAP_EP`]: what the runtime knows about the pod behind an interface.
+///
+/// One policy slot per family and direction: the runtime picks by the packet's parsed
+/// family. [`SLOT_NONE`] means the pod has no program for that family (no address of it):
+/// such packets are dropped and counted under [`drop_reason::NO_FAMILY_POLICY`] (fail
+/// closed), never run through the other family's program.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     /// The endpoint's id, copied into [`FlowState::endpoint_id`].
     pub endpoint_id: u32,
-    /// [`MAP_JUMP`] slot of the endpoint's ingress policy (traffic to the pod).
+    /// [`MAP_JUMP`] slot of the endpoint's IPv4 ingress policy (traffic to the pod).
     pub ingress_slot: u32,
-    /// [`MAP_JUMP`] slot of the endpoint's egress policy (traffic from the pod).
+    /// [`MAP_JUMP`] slot of the endpoint's IPv4 egress policy (traffic from the pod).
     pub egress_slot: u32,
     /// Reserved, zero.
     pub flags: u32,
+    /// [`MAP_JUMP`] slot of the endpoint's IPv6 ingress policy.
+    pub ingress_slot_v6: u32,
+    /// [`MAP_JUMP`] slot of the endpoint's IPv6 egress policy.
+    pub egress_slot_v6: u32,
+}
+
+/// [`Endpoint`] slot value for "no program for this family".
+pub const SLOT_NONE: u32 = u32::MAX;
+
+/// An endpoint without programs: every slot [`SLOT_NONE`].
+impl Default for Endpoint {
+    fn default() -> Self {
+        Endpoint {
+            endpoint_id: 0,
+            ingress_slot: SLOT_NONE,
+            egress_slot: SLOT_NONE,
+            flags: 0,
+            ingress_slot_v6: SLOT_NONE,
+            egress_slot_v6: SLOT_NONE,
+        }
+    }
 }
 
 /// Size of [`Endpoint`] in bytes (the value size of [`MAP_EP`]).
-pub const ENDPOINT_SIZE: usize = 16;
+pub const ENDPOINT_SIZE: usize = 24;
 
 impl Endpoint {
     /// The record's in-memory bytes (native byte order), for a map update.
@@ -313,7 +339,22 @@ impl Endpoint {
         b[4..8].copy_from_slice(&self.ingress_slot.to_ne_bytes());
         b[8..12].copy_from_slice(&self.egress_slot.to_ne_bytes());
         b[12..16].copy_from_slice(&self.flags.to_ne_bytes());
+        b[16..20].copy_from_slice(&self.ingress_slot_v6.to_ne_bytes());
+        b[20..24].copy_from_slice(&self.egress_slot_v6.to_ne_bytes());
         b
+    }
+
+    /// Decodes a record from its in-memory bytes.
+    pub fn from_bytes(b: &[u8; ENDPOINT_SIZE]) -> Endpoint {
+        let u = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        Endpoint {
+            endpoint_id: u(0),
+            ingress_slot: u(4),
+            egress_slot: u(8),
+            flags: u(12),
+            ingress_slot_v6: u(16),
+            egress_slot_v6: u(20),
+        }
     }
 }
 
@@ -340,10 +381,13 @@ pub mod drop_reason {
     /// The tail call to the epilogue failed; counted by nobody in the runtime (the policy
     /// program drops), reserved for generated code.
     pub const NO_EPILOGUE: u32 = 9;
+    /// The endpoint has no policy program for the packet's family (e.g. IPv6 to an
+    /// IPv4-only pod): fail closed.
+    pub const NO_FAMILY_POLICY: u32 = 10;
     /// Number of counters in [`super::MAP_DROPS`] (room for more reasons).
     pub const COUNT: u32 = 16;
     /// Short names, by reason, for status output.
-    pub const NAMES: [&str; 10] = [
+    pub const NAMES: [&str; 11] = [
         "truncated",
         "malformed",
         "ipv6_ext_limit",
@@ -354,6 +398,7 @@ pub mod drop_reason {
         "no_verdict",
         "no_state",
         "no_epilogue",
+        "no_family_policy",
     ];
 }
 
@@ -697,10 +742,19 @@ mod tests {
         // SAFETY: repr(C) with explicit padding, CT_ENTRY_SIZE bytes.
         let image: [u8; CT_ENTRY_SIZE] = unsafe { core::mem::transmute(e) };
         assert_eq!(image, e.to_bytes());
-        let ep = Endpoint { endpoint_id: 1, ingress_slot: 2, egress_slot: 3, flags: 0 };
-        // SAFETY: repr(C), four u32.
+        let ep = Endpoint {
+            endpoint_id: 1,
+            ingress_slot: 2,
+            egress_slot: 3,
+            flags: 0,
+            ingress_slot_v6: 4,
+            egress_slot_v6: SLOT_NONE,
+        };
+        // SAFETY: repr(C), six u32.
         let image: [u8; ENDPOINT_SIZE] = unsafe { core::mem::transmute(ep) };
         assert_eq!(image, ep.to_bytes());
+        assert_eq!(Endpoint::from_bytes(&image), ep);
+        assert_eq!(Endpoint::default().egress_slot_v6, SLOT_NONE);
     }
 
     #[test]
