@@ -3,8 +3,8 @@
 //! [`Runtime`] owns the loaded classifiers (`polc_from_ep`, `polc_to_ep`, `polc_epilogue`,
 //! the latter already placed in [`polc_abi::SLOT_EPILOGUE`]) and their maps. It lets callers
 //! register endpoints, put raw-loaded policy programs into prog-array slots, read the
-//! per-CPU scratch state, conntrack and drop counters, and run a hook on a packet with
-//! `BPF_PROG_TEST_RUN`.
+//! per-CPU scratch state, conntrack and drop counters, install service NAT frontends and
+//! backends ([`Runtime::set_service`]), and run a hook on a packet with `BPF_PROG_TEST_RUN`.
 
 use std::os::fd::{AsFd, BorrowedFd};
 
@@ -12,10 +12,11 @@ use aya::maps::Map;
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use polc_abi::{
-    ct_timeout, drop_reason, CtEntry, CtKey, Endpoint, FlowState, CT_DEFAULT_ENTRIES,
+    ct_timeout, drop_reason, CtEntry, CtKey, Endpoint, FlowState, NatAffinity, NatAffinityKey,
+    NatBackend, NatBackendKey, NatFrontendKey, NatService, CT_DEFAULT_ENTRIES,
     CT_DEFAULT_TIMEOUTS_NS, CT_ENTRY_SIZE, CT_KEY_SIZE, FLOW_STATE_SIZE, GLOBAL_CT_TIMEOUTS,
-    MAP_CT, MAP_DROPS, MAP_EP, MAP_JUMP, MAP_STATE, PROG_EPILOGUE, PROG_FROM_EP, PROG_TO_EP,
-    SLOT_EPILOGUE, STATE_KEY,
+    MAP_CT, MAP_DROPS, MAP_EP, MAP_JUMP, MAP_NAT_AFF, MAP_NAT_BE, MAP_NAT_FE, MAP_STATE,
+    NAT_AFFINITY_SIZE, PROG_EPILOGUE, PROG_FROM_EP, PROG_TO_EP, SLOT_EPILOGUE, STATE_KEY,
 };
 
 use crate::sys::{self, BpfError, TestRun, TestRunOutput, UpdateFlags};
@@ -119,6 +120,9 @@ impl Runtime {
         rt.ep_map_fd()?;
         rt.ct_map_fd()?;
         rt.drops_map_fd()?;
+        rt.nat_map_fd(MAP_NAT_FE)?;
+        rt.nat_map_fd(MAP_NAT_BE)?;
+        rt.nat_map_fd(MAP_NAT_AFF)?;
         sys::prog_array_set(rt.jump_map_fd()?, SLOT_EPILOGUE, rt.named_fd(PROG_EPILOGUE)?)?;
         Ok(rt)
     }
@@ -184,6 +188,93 @@ impl Runtime {
             Some(Map::PerCpuArray(data)) => Ok(data.fd().as_fd()),
             _ => Err(RuntimeError::Missing { kind: "map", name: MAP_DROPS }),
         }
+    }
+
+    /// A service NAT map by name: [`MAP_NAT_FE`], [`MAP_NAT_BE`] or [`MAP_NAT_AFF`].
+    pub fn nat_map_fd(&self, name: &'static str) -> Result<BorrowedFd<'_>, RuntimeError> {
+        match self.ebpf.map(name) {
+            Some(Map::HashMap(data)) if name != MAP_NAT_AFF => Ok(data.fd().as_fd()),
+            Some(Map::LruHashMap(data)) if name == MAP_NAT_AFF => Ok(data.fd().as_fd()),
+            _ => Err(RuntimeError::Missing { kind: "map", name }),
+        }
+    }
+
+    /// Installs or replaces a service frontend and its backends (ordinals `0..len`). The
+    /// backends are written before the frontend names their count, so a packet never sees
+    /// a count larger than the backends present; ordinals beyond the new count left by a
+    /// previous, larger set are deleted afterwards. An empty `backends` makes the
+    /// frontend drop (counted `no_backend`). `service.backend_count` is set from
+    /// `backends`.
+    pub fn set_service(
+        &self,
+        frontend: &NatFrontendKey,
+        service: &NatService,
+        backends: &[NatBackend],
+    ) -> Result<(), RuntimeError> {
+        let count = u32::try_from(backends.len())
+            .map_err(|_| RuntimeError::Load(format!("{} backends is too many", backends.len())))?;
+        let be_fd = self.nat_map_fd(MAP_NAT_BE)?;
+        for (ordinal, be) in (0u32..).zip(backends) {
+            let key = NatBackendKey { service_id: service.service_id, ordinal };
+            sys::map_update(be_fd, &key.to_bytes(), &be.to_bytes(), UpdateFlags::Any)?;
+        }
+        let old = self.service(frontend)?;
+        let svc = NatService { backend_count: count, ..*service };
+        let fe_fd = self.nat_map_fd(MAP_NAT_FE)?;
+        sys::map_update(fe_fd, &frontend.to_bytes(), &svc.to_bytes(), UpdateFlags::Any)?;
+        if let Some(old) = old.filter(|o| o.service_id == service.service_id) {
+            for ordinal in count..old.backend_count {
+                let key = NatBackendKey { service_id: service.service_id, ordinal };
+                sys::map_delete(be_fd, &key.to_bytes())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The frontend's service entry, if installed.
+    pub fn service(&self, frontend: &NatFrontendKey) -> Result<Option<NatService>, RuntimeError> {
+        let fd = self.nat_map_fd(MAP_NAT_FE)?;
+        let Some(v) = sys::map_lookup(fd, &frontend.to_bytes())? else { return Ok(None) };
+        let b: [u8; polc_abi::NAT_SERVICE_SIZE] = v
+            .as_slice()
+            .try_into()
+            .map_err(|_| BpfError::Invalid(format!("{MAP_NAT_FE} value is {} bytes", v.len())))?;
+        let u = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        Ok(Some(NatService {
+            service_id: u(0),
+            backend_count: u(4),
+            flags: u(8),
+            affinity_timeout_s: u(12),
+        }))
+    }
+
+    /// Removes a frontend and its backends; returns whether it existed. Established flows
+    /// keep their translation (it lives in conntrack) until they expire.
+    pub fn remove_service(&self, frontend: &NatFrontendKey) -> Result<bool, RuntimeError> {
+        let Some(old) = self.service(frontend)? else { return Ok(false) };
+        sys::map_delete(self.nat_map_fd(MAP_NAT_FE)?, &frontend.to_bytes())?;
+        let be_fd = self.nat_map_fd(MAP_NAT_BE)?;
+        for ordinal in 0..old.backend_count {
+            let key = NatBackendKey { service_id: old.service_id, ordinal };
+            sys::map_delete(be_fd, &key.to_bytes())?;
+        }
+        Ok(true)
+    }
+
+    /// The ClientIP affinity entry of `client` for `service_id`, if any.
+    pub fn affinity(
+        &self,
+        client: [u8; 16],
+        service_id: u32,
+    ) -> Result<Option<NatAffinity>, RuntimeError> {
+        let fd = self.nat_map_fd(MAP_NAT_AFF)?;
+        let key = NatAffinityKey { client, service_id };
+        let Some(v) = sys::map_lookup(fd, &key.to_bytes())? else { return Ok(None) };
+        let b: [u8; NAT_AFFINITY_SIZE] = v
+            .as_slice()
+            .try_into()
+            .map_err(|_| BpfError::Invalid(format!("{MAP_NAT_AFF} value is {} bytes", v.len())))?;
+        Ok(Some(NatAffinity::from_bytes(&b)))
     }
 
     /// Puts a (raw-loaded, SCHED_CLS) program into prog-array slot `slot`.

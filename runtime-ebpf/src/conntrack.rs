@@ -110,6 +110,26 @@ pub fn next_state(state: u8, flags: u8, forward: bool) -> u8 {
     }
 }
 
+/// The TCP state of a service-NAT entry, which sees the packets of one side only at the
+/// client's node (the pre-NAT entry the client's, the post-NAT one the backend's): a
+/// SYN+ACK completes the first half of the handshake, a plain ACK the whole of it.
+#[inline(always)]
+pub fn one_sided_next_state(state: u8, flags: u8) -> u8 {
+    if flags & tcp_flags::RST != 0 {
+        return ct_state::CLOSED;
+    }
+    if flags & tcp_flags::FIN != 0 {
+        return if state == ct_state::CLOSED { state } else { ct_state::FIN_WAIT };
+    }
+    let syn = flags & tcp_flags::SYN != 0;
+    let ack = flags & tcp_flags::ACK != 0;
+    match state {
+        ct_state::SYN_SENT if syn && ack => ct_state::SYN_RECV,
+        ct_state::SYN_SENT | ct_state::SYN_RECV if ack && !syn => ct_state::ESTABLISHED,
+        _ => state,
+    }
+}
+
 /// The conntrack clock: CLOCK_MONOTONIC_COARSE in ns (`bpf_ktime_get_coarse_ns`, one tick
 /// of resolution, 1-4 ms). The precise `bpf_ktime_get_ns` costs about 20 ns per packet
 /// here, a third of the fast path; timeouts are seconds. Every reader and writer of
@@ -129,7 +149,11 @@ pub fn touch(e: &mut CtEntry, protocol: u8, flags: u8, forward: bool, now: u64) 
         e.last_seen_ns = now;
     }
     if protocol == IPPROTO_TCP {
-        let next = next_state(e.state, flags, forward);
+        let next = if e.nat_flags != 0 {
+            one_sided_next_state(e.state, flags)
+        } else {
+            next_state(e.state, flags, forward)
+        };
         if next != e.state {
             e.state = next;
         }

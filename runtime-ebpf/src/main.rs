@@ -6,6 +6,9 @@
 //!   miss they fill the per-CPU [`FlowState`] and tail-call the endpoint's policy program.
 //! - The policy program writes its verdict and tail-calls `polc_epilogue`, which records
 //!   the approval in conntrack and forwards, or drops.
+//! - Service NAT (nat.rs): on a miss at `polc_from_ep`, a packet to a service frontend is
+//!   rewritten to a backend before policy; conntrack entries carry the translation for
+//!   the fast path and the reverse rewrite of replies at `polc_to_ep`.
 //!
 //! Interfaces without an entry in `POLC_EP` are not polc endpoints: their packets pass.
 //! Everything that fails (empty policy slot, malformed packet) drops and is counted.
@@ -15,6 +18,7 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod conntrack;
+mod nat;
 mod parse;
 
 use aya_ebpf::{
@@ -23,7 +27,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use polc_abi::{
-    ct_approved, direction, drop_reason, family, stage, verdict, CtEntry, CtKey, Endpoint,
+    ct_approved, ct_nat, direction, drop_reason, family, stage, verdict, CtEntry, CtKey, Endpoint,
     FlowState, CT_DEFAULT_ENTRIES, EP_ENTRIES, JUMP_ENTRIES, RULE_ID_NONE, SLOT_NONE, STATE_KEY,
     TC_ACT_OK, TC_ACT_SHOT,
 };
@@ -119,6 +123,9 @@ fn handle(ctx: &TcContext, hook: Hook) -> i32 {
             && e.approved & conntrack::role_bit(hook, forward) != 0
         {
             conntrack::touch(e, f.protocol, f.tcp_flags, forward, now);
+            if e.nat_flags != 0 && !nat::fast_path(ctx, &f, e, hook == Hook::ToEp, forward) {
+                return drop_packet(drop_reason::TRUNCATED);
+            }
             return TC_ACT_OK;
         }
     }
@@ -136,6 +143,12 @@ fn handle(ctx: &TcContext, hook: Hook) -> i32 {
     // Never the other family's program: it would read addresses of the wrong size.
     if slot == SLOT_NONE {
         return drop_packet(drop_reason::NO_FAMILY_POLICY);
+    }
+    // Service NAT before policy: the client's egress policy sees the backend.
+    if hook == Hook::FromEp {
+        if let Err(reason) = nat::translate(ctx, &mut f, now) {
+            return drop_packet(reason);
+        }
     }
     let Some(state) = POLC_STATE.get_ptr_mut(STATE_KEY) else {
         return drop_packet(drop_reason::NO_STATE);
@@ -241,6 +254,14 @@ pub fn polc_epilogue(_ctx: TcContext) -> i32 {
                 e.resp_rule = st.rule_id;
             }
             conntrack::touch(e, st.protocol, st.tcp_flags, true, now);
+            if hook == Hook::FromEp && e.nat_flags & ct_nat::REV_NAT != 0 {
+                // SAFETY: the address field sits at offset 16 of an 8-aligned record.
+                let src = unsafe {
+                    let w = st.src_addr.as_ptr().cast::<u64>();
+                    (w.read(), w.add(1).read())
+                };
+                nat::approve_pre_nat(src, st.ct_src_port, st.family, st.protocol, e, bit);
+            }
             return TC_ACT_OK;
         }
     }
@@ -254,6 +275,11 @@ pub fn polc_epilogue(_ctx: TcContext) -> i32 {
         orig_rule: if bit == ct_approved::ORIG { st.rule_id } else { RULE_ID_NONE },
         resp_rule: if bit == ct_approved::RESP { st.rule_id } else { RULE_ID_NONE },
         _pad2: 0,
+        nat_addr: [0; 16],
+        nat_port: 0,
+        nat_flags: 0,
+        _pad3: 0,
+        _pad4: 0,
     };
     // A failed insert (cannot happen with an LRU map short of memory pressure) still
     // forwards: the policy allowed the packet; the next one goes through policy again.

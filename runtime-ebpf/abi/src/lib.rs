@@ -63,6 +63,20 @@ pub const MAP_DROPS: &str = "POLC_DROPS";
 /// Name of the runtime's read-only global holding the conntrack timeouts
 /// (`[u64; CT_TIMEOUT_COUNT]`, nanoseconds, indexed by [`ct_timeout`]); set at load time.
 pub const GLOBAL_CT_TIMEOUTS: &str = "POLC_CT_TIMEOUTS";
+/// Name of the service frontend map (`BPF_MAP_TYPE_HASH`): [`NatFrontendKey`] ->
+/// [`NatService`].
+pub const MAP_NAT_FE: &str = "POLC_NAT_FE";
+/// Name of the service backend map (`BPF_MAP_TYPE_HASH`): [`NatBackendKey`] -> [`NatBackend`].
+pub const MAP_NAT_BE: &str = "POLC_NAT_BE";
+/// Name of the ClientIP affinity map (`BPF_MAP_TYPE_LRU_HASH`): [`NatAffinityKey`] ->
+/// [`NatAffinity`].
+pub const MAP_NAT_AFF: &str = "POLC_NAT_AFF";
+/// Number of entries in [`MAP_NAT_FE`] (service frontends: ClusterIP x port x protocol).
+pub const NAT_FE_ENTRIES: u32 = 16 * 1024;
+/// Number of entries in [`MAP_NAT_BE`] (backends over all services).
+pub const NAT_BE_ENTRIES: u32 = 64 * 1024;
+/// Number of entries in [`MAP_NAT_AFF`] (client x service affinities; LRU).
+pub const NAT_AFF_ENTRIES: u32 = 64 * 1024;
 
 /// Number of entries in [`MAP_EP`] (endpoints per node).
 pub const EP_ENTRIES: u32 = 4096;
@@ -384,10 +398,13 @@ pub mod drop_reason {
     /// The endpoint has no policy program for the packet's family (e.g. IPv6 to an
     /// IPv4-only pod): fail closed.
     pub const NO_FAMILY_POLICY: u32 = 10;
+    /// A packet to a service frontend ([`super::MAP_NAT_FE`]) that has no backends (or
+    /// whose backend entry is missing): dropped, as kube-proxy rejects it.
+    pub const NO_BACKEND: u32 = 11;
     /// Number of counters in [`super::MAP_DROPS`] (room for more reasons).
     pub const COUNT: u32 = 16;
     /// Short names, by reason, for status output.
-    pub const NAMES: [&str; 11] = [
+    pub const NAMES: [&str; 12] = [
         "truncated",
         "malformed",
         "ipv6_ext_limit",
@@ -399,6 +416,7 @@ pub mod drop_reason {
         "no_state",
         "no_epilogue",
         "no_family_policy",
+        "no_backend",
     ];
 }
 
@@ -583,10 +601,32 @@ pub struct CtEntry {
     pub resp_rule: u32,
     /// Reserved, zero.
     pub _pad2: u32,
+    /// Service NAT (appended): for a [`ct_nat::DNAT`] entry the backend the packets of
+    /// the flow are rewritten to; for a [`ct_nat::REV_NAT`] entry the service address
+    /// replies are rewritten back to. Network order; zero without NAT.
+    pub nat_addr: [u8; 16],
+    /// The port that goes with `nat_addr`, host order.
+    pub nat_port: u16,
+    /// [`ct_nat`] bits; 0 = no NAT.
+    pub nat_flags: u8,
+    /// Reserved, zero.
+    pub _pad3: u8,
+    /// Reserved, zero.
+    pub _pad4: u32,
 }
 
 /// Size of [`CtEntry`] in bytes.
-pub const CT_ENTRY_SIZE: usize = 24;
+pub const CT_ENTRY_SIZE: usize = 48;
+
+/// [`CtEntry::nat_flags`] bits (see docs/runtime.md, "Service NAT").
+pub mod ct_nat {
+    /// The entry is keyed by the client's pre-NAT tuple (client, service): forward packets
+    /// at the client's from-endpoint hook get their destination rewritten to `nat_addr`.
+    pub const DNAT: u8 = 1;
+    /// The entry is keyed by the post-NAT tuple (client, backend) and `nat_addr` is the
+    /// service: replies at the client's to-endpoint hook get their source rewritten back.
+    pub const REV_NAT: u8 = 2;
+}
 
 impl CtEntry {
     /// The record's in-memory bytes (native byte order), for a map update.
@@ -600,6 +640,11 @@ impl CtEntry {
         b[12..16].copy_from_slice(&self.orig_rule.to_ne_bytes());
         b[16..20].copy_from_slice(&self.resp_rule.to_ne_bytes());
         b[20..24].copy_from_slice(&self._pad2.to_ne_bytes());
+        b[24..40].copy_from_slice(&self.nat_addr);
+        b[40..42].copy_from_slice(&self.nat_port.to_ne_bytes());
+        b[42] = self.nat_flags;
+        b[43] = self._pad3;
+        b[44..48].copy_from_slice(&self._pad4.to_ne_bytes());
         b
     }
 
@@ -615,11 +660,194 @@ impl CtEntry {
             orig_rule: u32_at(12),
             resp_rule: u32_at(16),
             _pad2: u32_at(20),
+            nat_addr: addr_at(b, 24),
+            nat_port: u16::from_ne_bytes([b[40], b[41]]),
+            nat_flags: b[42],
+            _pad3: b[43],
+            _pad4: u32_at(44),
+        }
+    }
+}
+
+/// Decodes a 16-byte address at `o` of `b` (the caller's slice is long enough).
+fn addr_at(b: &[u8], o: usize) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[o..o + 16]);
+    a
+}
+
+/// The key of [`MAP_NAT_FE`]: a service frontend (ClusterIP, port, protocol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatFrontendKey {
+    /// The service address, network order (IPv4 in bytes 0..4, the rest zero).
+    pub addr: [u8; 16],
+    /// The service port, host order.
+    pub port: u16,
+    /// IP protocol number (6 TCP, 17 UDP; the runtime translates only these two).
+    pub protocol: u8,
+    /// [`family`] value.
+    pub family: u8,
+}
+
+/// Size of [`NatFrontendKey`] in bytes.
+pub const NAT_FE_KEY_SIZE: usize = 20;
+
+/// [`NatService::flags`] bits.
+pub mod nat_flags {
+    /// `sessionAffinity: ClientIP`: a client keeps its backend while it keeps talking
+    /// (within [`super::NatService::affinity_timeout_s`]).
+    pub const AFFINITY_CLIENT_IP: u32 = 1;
+}
+
+/// The value of [`MAP_NAT_FE`]: which service, how many backends, how to pick one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatService {
+    /// The service's id (chosen by userspace), the first half of [`NatBackendKey`].
+    pub service_id: u32,
+    /// Number of backends: ordinals `0..backend_count` in [`MAP_NAT_BE`]. 0 = drop.
+    pub backend_count: u32,
+    /// [`nat_flags`] bits.
+    pub flags: u32,
+    /// ClientIP affinity timeout in seconds (Kubernetes' default is 10800).
+    pub affinity_timeout_s: u32,
+}
+
+/// Size of [`NatService`] in bytes.
+pub const NAT_SERVICE_SIZE: usize = 16;
+
+/// The key of [`MAP_NAT_BE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatBackendKey {
+    /// [`NatService::service_id`].
+    pub service_id: u32,
+    /// 0..backend_count.
+    pub ordinal: u32,
+}
+
+/// Size of [`NatBackendKey`] in bytes.
+pub const NAT_BE_KEY_SIZE: usize = 8;
+
+/// The value of [`MAP_NAT_BE`]: one backend (pod address and target port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatBackend {
+    /// The backend address, network order (IPv4 in bytes 0..4).
+    pub addr: [u8; 16],
+    /// The backend (target) port, host order.
+    pub port: u16,
+    /// Reserved, zero.
+    pub _pad: u16,
+}
+
+/// Size of [`NatBackend`] in bytes.
+pub const NAT_BACKEND_SIZE: usize = 20;
+
+/// The key of [`MAP_NAT_AFF`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatAffinityKey {
+    /// The client address, network order.
+    pub client: [u8; 16],
+    /// [`NatService::service_id`].
+    pub service_id: u32,
+}
+
+/// Size of [`NatAffinityKey`] in bytes.
+pub const NAT_AFF_KEY_SIZE: usize = 20;
+
+/// The value of [`MAP_NAT_AFF`]: the backend a client was last sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatAffinity {
+    /// The backend ordinal.
+    pub ordinal: u32,
+    /// Reserved, zero.
+    pub _pad: u32,
+    /// The conntrack clock (`bpf_ktime_get_coarse_ns`) when it was last used.
+    pub last_seen_ns: u64,
+}
+
+/// Size of [`NatAffinity`] in bytes.
+pub const NAT_AFFINITY_SIZE: usize = 16;
+
+impl NatFrontendKey {
+    /// The key's in-memory bytes, for a map update.
+    pub fn to_bytes(&self) -> [u8; NAT_FE_KEY_SIZE] {
+        let mut b = [0u8; NAT_FE_KEY_SIZE];
+        b[0..16].copy_from_slice(&self.addr);
+        b[16..18].copy_from_slice(&self.port.to_ne_bytes());
+        b[18] = self.protocol;
+        b[19] = self.family;
+        b
+    }
+}
+
+impl NatService {
+    /// The value's in-memory bytes, for a map update.
+    pub fn to_bytes(&self) -> [u8; NAT_SERVICE_SIZE] {
+        let mut b = [0u8; NAT_SERVICE_SIZE];
+        b[0..4].copy_from_slice(&self.service_id.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.backend_count.to_ne_bytes());
+        b[8..12].copy_from_slice(&self.flags.to_ne_bytes());
+        b[12..16].copy_from_slice(&self.affinity_timeout_s.to_ne_bytes());
+        b
+    }
+}
+
+impl NatBackendKey {
+    /// The key's in-memory bytes, for a map update.
+    pub fn to_bytes(&self) -> [u8; NAT_BE_KEY_SIZE] {
+        let mut b = [0u8; NAT_BE_KEY_SIZE];
+        b[0..4].copy_from_slice(&self.service_id.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.ordinal.to_ne_bytes());
+        b
+    }
+}
+
+impl NatBackend {
+    /// The value's in-memory bytes, for a map update.
+    pub fn to_bytes(&self) -> [u8; NAT_BACKEND_SIZE] {
+        let mut b = [0u8; NAT_BACKEND_SIZE];
+        b[0..16].copy_from_slice(&self.addr);
+        b[16..18].copy_from_slice(&self.port.to_ne_bytes());
+        b[18..20].copy_from_slice(&self._pad.to_ne_bytes());
+        b
+    }
+}
+
+impl NatAffinityKey {
+    /// The key's in-memory bytes, for a map lookup.
+    pub fn to_bytes(&self) -> [u8; NAT_AFF_KEY_SIZE] {
+        let mut b = [0u8; NAT_AFF_KEY_SIZE];
+        b[0..16].copy_from_slice(&self.client);
+        b[16..20].copy_from_slice(&self.service_id.to_ne_bytes());
+        b
+    }
+}
+
+impl NatAffinity {
+    /// Decodes a value from its in-memory bytes.
+    pub fn from_bytes(b: &[u8; NAT_AFFINITY_SIZE]) -> NatAffinity {
+        NatAffinity {
+            ordinal: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+            _pad: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+            last_seen_ns: u64::from_ne_bytes([
+                b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15],
+            ]),
         }
     }
 }
 
 // Checked at compile time, for the runtime build too.
+const _: () = assert!(core::mem::size_of::<NatFrontendKey>() == NAT_FE_KEY_SIZE);
+const _: () = assert!(core::mem::size_of::<NatService>() == NAT_SERVICE_SIZE);
+const _: () = assert!(core::mem::size_of::<NatBackendKey>() == NAT_BE_KEY_SIZE);
+const _: () = assert!(core::mem::size_of::<NatBackend>() == NAT_BACKEND_SIZE);
+const _: () = assert!(core::mem::size_of::<NatAffinityKey>() == NAT_AFF_KEY_SIZE);
+const _: () = assert!(core::mem::size_of::<NatAffinity>() == NAT_AFFINITY_SIZE);
 const _: () = assert!(core::mem::size_of::<Endpoint>() == ENDPOINT_SIZE);
 const _: () = assert!(core::mem::size_of::<CtKey>() == CT_KEY_SIZE);
 const _: () = assert!(core::mem::size_of::<CtEntry>() == CT_ENTRY_SIZE);
@@ -737,6 +965,11 @@ mod tests {
             orig_rule: 7,
             resp_rule: RULE_ID_NONE,
             _pad2: 0,
+            nat_addr: [10, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9],
+            nat_port: 8080,
+            nat_flags: ct_nat::REV_NAT,
+            _pad3: 0,
+            _pad4: 0,
         };
         assert_eq!(CtEntry::from_bytes(&e.to_bytes()), e);
         // SAFETY: repr(C) with explicit padding, CT_ENTRY_SIZE bytes.
@@ -765,6 +998,9 @@ mod tests {
             MAP_EP,
             MAP_CT,
             MAP_DROPS,
+            MAP_NAT_FE,
+            MAP_NAT_BE,
+            MAP_NAT_AFF,
             PROG_TC,
             PROG_FROM_EP,
             PROG_TO_EP,

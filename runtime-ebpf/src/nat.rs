@@ -1,0 +1,238 @@
+//! Service NAT (kube-proxy replacement, IPv4 TCP/UDP): the frontend lookup and backend
+//! choice on a flow's first packet at the client's from-endpoint hook, the conntrack
+//! entries that carry the translation, and the in-place rewrites (destination to the
+//! backend, source of replies back to the service) with incremental checksum updates.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    btf_maps::{HashMap, LruHashMap},
+    macros::btf_map,
+    programs::TcContext,
+};
+use polc_abi::{
+    ct_nat, drop_reason, family, nat_flags, CtEntry, CtKey, NatAffinity, NatAffinityKey,
+    NatBackend, NatBackendKey, NatFrontendKey, NatService, NAT_AFF_ENTRIES, NAT_BE_ENTRIES,
+    NAT_FE_ENTRIES, RULE_ID_NONE,
+};
+
+use crate::conntrack::{self, Ends, KeyBuf};
+use crate::parse::{Flow, IPPROTO_TCP, IPPROTO_UDP};
+use crate::POLC_CT;
+
+#[btf_map]
+static POLC_NAT_FE: HashMap<NatFrontendKey, NatService, { NAT_FE_ENTRIES as usize }> =
+    HashMap::new();
+
+#[btf_map]
+static POLC_NAT_BE: HashMap<NatBackendKey, NatBackend, { NAT_BE_ENTRIES as usize }> =
+    HashMap::new();
+
+#[btf_map]
+static POLC_NAT_AFF: LruHashMap<NatAffinityKey, NatAffinity, { NAT_AFF_ENTRIES as usize }> =
+    LruHashMap::new();
+
+const ETH_HLEN: usize = 14;
+/// Offsets in the IPv4 header.
+const IP_CSUM: usize = ETH_HLEN + 10;
+const IP_SRC: usize = ETH_HLEN + 12;
+const IP_DST: usize = ETH_HLEN + 16;
+
+/// A frontend key on the stack, 8-aligned so the address is written in u64 words.
+#[repr(C, align(8))]
+struct FrontendBuf(NatFrontendKey);
+
+/// Which end of the packet a rewrite changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    Src,
+    Dst,
+}
+
+/// On a conntrack miss at the client's from-endpoint hook: if the packet goes to a service
+/// frontend, pick a backend, rewrite the packet's destination to it, update `f` (so policy
+/// sees the backend) and record the translation in conntrack. `Err(reason)` = drop.
+#[inline(always)]
+pub fn translate(ctx: &TcContext, f: &mut Flow, now: u64) -> Result<(), u32> {
+    if f.family != family::IPV4 || (f.protocol != IPPROTO_TCP && f.protocol != IPPROTO_UDP) {
+        return Ok(());
+    }
+    let mut fe = FrontendBuf(NatFrontendKey::default());
+    let w = (&mut fe as *mut FrontendBuf).cast::<u64>();
+    // SAFETY: FrontendBuf is 8-aligned and 24 bytes: words 0 and 1 are the address, word 2
+    // the port, protocol and family (little-endian) and 4 bytes of padding.
+    unsafe {
+        w.write(f.dst[0]);
+        w.add(1).write(f.dst[1]);
+        w.add(2)
+            .write(u64::from(f.dst_port) | u64::from(f.protocol) << 16 | u64::from(f.family) << 24);
+    }
+    let Some(svc) = POLC_NAT_FE.get_ptr(&fe.0) else { return Ok(()) };
+    // SAFETY: a live map value.
+    let svc = unsafe { *svc };
+    let be = pick_backend(f, &svc, now).ok_or(drop_reason::NO_BACKEND)?;
+    // SAFETY: the first 4 bytes of the backend's address field (a map value copied here).
+    let be_addr = u32::from_ne_bytes([be.addr[0], be.addr[1], be.addr[2], be.addr[3]]);
+    rewrite(ctx, f, End::Dst, be_addr, be.port).map_err(|_| drop_reason::TRUNCATED)?;
+    let (vip, vport) = (f.dst, f.dst_port);
+    f.dst = [u64::from(be_addr), 0];
+    f.dst_port = be.port;
+    f.ct_dst_port = be.port;
+    record(f, vip, vport, now);
+    Ok(())
+}
+
+/// The backend for a new flow: the client's affinity entry when the service has ClientIP
+/// affinity and it is fresh, else a hash of the flow (stable: a re-translated flow whose
+/// entries were evicted lands on the same backend while the backend set is unchanged).
+#[inline(always)]
+fn pick_backend(f: &Flow, svc: &NatService, now: u64) -> Option<NatBackend> {
+    let count = svc.backend_count;
+    if count == 0 {
+        return None;
+    }
+    let affinity = svc.flags & nat_flags::AFFINITY_CLIENT_IP != 0;
+    let mut aff_key = NatAffinityKey { client: [0; 16], service_id: svc.service_id };
+    let mut ordinal = u32::MAX;
+    if affinity {
+        // SAFETY: [u64; 2] and [u8; 16] have the same size; any bytes are valid.
+        aff_key.client = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(f.src) };
+        if let Some(a) = POLC_NAT_AFF.get_ptr_mut(&aff_key) {
+            // SAFETY: a live map value.
+            let a = unsafe { &mut *a };
+            let timeout = u64::from(svc.affinity_timeout_s) * 1_000_000_000;
+            if a.ordinal < count && now.wrapping_sub(a.last_seen_ns) < timeout {
+                ordinal = a.ordinal;
+                a.last_seen_ns = now;
+            }
+        }
+    }
+    if ordinal == u32::MAX {
+        ordinal = flow_hash(f) % count;
+        if affinity {
+            let a = NatAffinity { ordinal, _pad: 0, last_seen_ns: now };
+            let _ = POLC_NAT_AFF.insert(&aff_key, &a, 0);
+        }
+    }
+    let key = NatBackendKey { service_id: svc.service_id, ordinal };
+    // SAFETY: a live map value, copied.
+    POLC_NAT_BE.get_ptr(&key).map(|b| unsafe { *b })
+}
+
+/// A mix of the client's address and ports (the service end is the same for every flow of
+/// a frontend).
+#[inline(always)]
+fn flow_hash(f: &Flow) -> u32 {
+    let mut x = f.src[0] ^ f.src[1].rotate_left(17) ^ u64::from(f.src_port) << 32;
+    x = x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (x ^ (x >> 29)) as u32
+}
+
+/// The two conntrack entries of a translated flow, not yet approved (the epilogue sets the
+/// bits when the policy allows): the post-NAT tuple (client, backend) that replies and the
+/// backend's hooks see, remembering the service for the reverse rewrite; and the pre-NAT
+/// tuple (client, service) the client's later packets carry, remembering the backend.
+#[inline(always)]
+fn record(f: &Flow, vip: [u64; 2], vport: u16, now: u64) {
+    let mut key = KeyBuf(CtKey::default());
+    let src_is_lo = conntrack::fill_key(&mut key, f.family, f.protocol, &f.ends());
+    let mut e = CtEntry {
+        last_seen_ns: now,
+        state: conntrack::initial_state(f.protocol, f.tcp_flags),
+        orig_is_lo: src_is_lo as u8,
+        approved: 0,
+        _pad: 0,
+        orig_rule: RULE_ID_NONE,
+        resp_rule: RULE_ID_NONE,
+        _pad2: 0,
+        // SAFETY: same size, any bytes valid.
+        nat_addr: unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(vip) },
+        nat_port: vport,
+        nat_flags: ct_nat::REV_NAT,
+        _pad3: 0,
+        _pad4: 0,
+    };
+    let _ = POLC_CT.insert(&key.0, &e, 0);
+    let pre = Ends {
+        src: (f.src[0], f.src[1]),
+        src_port: f.ct_src_port,
+        dst: (vip[0], vip[1]),
+        dst_port: vport,
+    };
+    e.orig_is_lo = conntrack::fill_key(&mut key, f.family, f.protocol, &pre) as u8;
+    // SAFETY: same size, any bytes valid.
+    e.nat_addr = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(f.dst) };
+    e.nat_port = f.dst_port;
+    e.nat_flags = ct_nat::DNAT;
+    let _ = POLC_CT.insert(&key.0, &e, 0);
+}
+
+/// The fast path of a translated flow (an approved, usable entry with NAT bits): the
+/// client's packets get the backend as destination, replies at the client's to-endpoint
+/// hook get the service as source. Anything else passes unchanged.
+#[inline(always)]
+pub fn fast_path(ctx: &TcContext, f: &Flow, e: &CtEntry, to_ep: bool, forward: bool) -> bool {
+    // SAFETY: the first 4 bytes of the entry's address field (offset 24 of a map value).
+    let addr = unsafe { core::ptr::addr_of!(e.nat_addr).cast::<u32>().read() };
+    if !to_ep && forward && e.nat_flags & ct_nat::DNAT != 0 {
+        return rewrite(ctx, f, End::Dst, addr, e.nat_port).is_ok();
+    }
+    if to_ep && !forward && e.nat_flags & ct_nat::REV_NAT != 0 {
+        return rewrite(ctx, f, End::Src, addr, e.nat_port).is_ok();
+    }
+    true
+}
+
+/// Rewrites one end (IPv4 address and L4 port) of the TCP/UDP packet `f` was parsed from,
+/// fixing the IPv4 header checksum and the L4 checksum (pseudo-header included) in place.
+/// A UDP checksum of 0 (none) stays 0. `addr` is the new address as the packet's 4 bytes
+/// read natively, `port` the new port in host order.
+#[inline(always)]
+fn rewrite(ctx: &TcContext, f: &Flow, end: End, addr: u32, port: u16) -> Result<(), i64> {
+    let l4 = f.l4_off as usize;
+    let (addr_off, port_off, old_addr, old_port) = match end {
+        End::Src => (IP_SRC, l4, f.src[0] as u32, f.src_port),
+        End::Dst => (IP_DST, l4 + 2, f.dst[0] as u32, f.dst_port),
+    };
+    let (csum_off, mangled) = if f.protocol == IPPROTO_TCP {
+        (l4 + 16, 0)
+    } else {
+        (l4 + 6, u64::from(BPF_F_MARK_MANGLED_0))
+    };
+    let (old_port, port) = (old_port.to_be(), port.to_be());
+    let pseudo = u64::from(BPF_F_PSEUDO_HDR);
+    ctx.l4_csum_replace(csum_off, u64::from(old_addr), u64::from(addr), pseudo | mangled | 4)?;
+    ctx.l4_csum_replace(csum_off, u64::from(old_port), u64::from(port), mangled | 2)?;
+    ctx.l3_csum_replace(IP_CSUM, u64::from(old_addr), u64::from(addr), 4)?;
+    ctx.store(addr_off, &addr, 0)?;
+    ctx.store(port_off, &port, 0)?;
+    Ok(())
+}
+
+/// Called by the epilogue after the client's egress policy approved the post-NAT entry `e`
+/// of the flow in `st`: approves the pre-NAT (client, service) entry too, so the client's
+/// next packets take the fast path with one lookup. `e` is a map value (8-aligned).
+#[inline(always)]
+pub fn approve_pre_nat(
+    st_src: (u64, u64),
+    src_port: u16,
+    fam: u8,
+    protocol: u8,
+    e: &CtEntry,
+    bit: u8,
+) {
+    // SAFETY: the nat address sits at offset 24 of an 8-aligned map value.
+    let vip = unsafe {
+        let w = core::ptr::addr_of!(e.nat_addr).cast::<u64>();
+        (w.read(), w.add(1).read())
+    };
+    let pre = Ends { src: st_src, src_port, dst: vip, dst_port: e.nat_port };
+    let mut key = KeyBuf(CtKey::default());
+    conntrack::fill_key(&mut key, fam, protocol, &pre);
+    if let Some(d) = POLC_CT.get_ptr_mut(&key.0) {
+        // SAFETY: a live map value.
+        let d = unsafe { &mut *d };
+        if d.nat_flags & ct_nat::DNAT != 0 {
+            d.approved |= bit;
+        }
+    }
+}
