@@ -3,7 +3,8 @@
 # polc's tests, and with --runtime also for rebuilding runtime-ebpf from source.
 # Idempotent: every step checks before it installs. Versions: ../shared/notes/ebpf-toolchain.md
 #
-#   scripts/setup.sh            bpftool, iproute2, llvm-22 tools (llvm-objdump, llvm-strip), bpffs
+#   scripts/setup.sh            bpftool, iproute2, llvm-22 tools (llvm-objdump, llvm-strip), bpffs,
+#                               network-config-analyzer (PyPI; the independent oracle test)
 #   scripts/setup.sh --runtime  + rust-src for nightly and bpf-linker 0.13 (llvm-22), ~1-2 min
 set -euo pipefail
 
@@ -30,6 +31,14 @@ fi
 # bpffs for pinning (bpftool and loader tests).
 if ! grep -q ' /sys/fs/bpf bpf ' /proc/mounts; then
   mount -t bpf bpf /sys/fs/bpf 2>/dev/null || echo "setup: could not mount bpffs at /sys/fs/bpf (not root?)"
+fi
+
+# The independent oracle (compiler/tests/oracle.rs): network-config-analyzer's `nca`.
+if ! command -v nca >/dev/null 2>&1; then
+  echo "setup: pip install network-config-analyzer==2.1.0"
+  python3 -m pip install -q network-config-analyzer==2.1.0 >/dev/null \
+    || echo "setup: could not install network-config-analyzer; the oracle test will SKIP" >&2
+  command -v pyenv >/dev/null 2>&1 && pyenv rehash
 fi
 
 if $runtime; then

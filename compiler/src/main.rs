@@ -54,7 +54,9 @@ fn main() {
         Command::Agent(args) => polc::dataplane::run_agent(args),
     };
     if let Err(e) = result {
-        eprintln!("polc: {e}");
+        // Not eprintln!: it panics when stderr is closed early (`2>&1 | head -c 10`).
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "polc: {e}");
         std::process::exit(e.exit_code());
     }
 }

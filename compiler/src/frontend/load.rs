@@ -1,13 +1,16 @@
 //! Reading inputs: paths -> files -> YAML documents -> typed objects -> a checked [`Cluster`].
 //!
-//! Each document is parsed twice from the same text: once into an untyped `Value` to learn its
-//! apiVersion/kind/name (and those of `List` items), then into the typed shape for that kind, so
-//! that every error keeps the field path and line:column serde_yaml_ng reports.
+//! Each document is parsed three times from the same text: first only counted against the
+//! node budget (limits.rs: alias bombs are refused before anything is built), then into an
+//! untyped `Value` to learn its apiVersion/kind/name (and those of `List` items), then into the
+//! typed shape for that kind, so that every error keeps the field path and line:column
+//! serde_yaml_ng reports.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -15,6 +18,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
+use super::limits::*;
 use super::model::*;
 use super::raw::*;
 use crate::error::Error;
@@ -25,20 +29,62 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// Loads every `-f` path (files, or directories searched recursively for `.yaml`, `.yml` and
 /// `.json`, in sorted order) into one checked cluster.
 pub fn load(paths: &[PathBuf]) -> Result<Cluster, Error> {
-    let mut builder = Builder::default();
+    // Read everything first: an input over the total limit is refused before any parsing.
+    let mut texts = Vec::new();
+    let mut total: u64 = 0;
     for path in paths {
         for file in input_files(path)? {
-            let bytes = fs::read(&file).map_err(|e| io_error(&file, &e))?;
-            let text = String::from_utf8(bytes)
-                .map_err(|_| Error::input(format!("{}: not UTF-8 text", file.display())))?;
-            builder.add_file(&file, &text)?;
+            let bytes = read_limited(&file)?;
+            total += bytes.len() as u64;
+            if total > MAX_TOTAL_BYTES {
+                return Err(Error::input(format!(
+                    "{}: the input files together are larger than {} MiB (limit)",
+                    file.display(),
+                    MAX_TOTAL_BYTES >> 20
+                )));
+            }
+            let text = String::from_utf8(bytes).map_err(|e| {
+                let valid = e.as_bytes().get(..e.utf8_error().valid_up_to()).unwrap_or_default();
+                let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+                let column = valid.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+                Error::input(format!(
+                    "{}: not UTF-8 text (invalid byte at line {line} column {column})",
+                    file.display()
+                ))
+            })?;
+            texts.push((file, text));
         }
+    }
+    let mut builder = Builder::default();
+    for (file, text) in &texts {
+        builder.add_file(file, text)?;
     }
     builder.finish()
 }
 
+/// Reads a file, but never more than [`MAX_FILE_BYTES`] (also for `/dev/zero` or a pipe).
+fn read_limited(file: &Path) -> Result<Vec<u8>, Error> {
+    let handle = fs::File::open(file).map_err(|e| io_error(file, &e))?;
+    let mut bytes = Vec::new();
+    handle.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| io_error(file, &e))?;
+    check_file_size(file, bytes.len())?;
+    Ok(bytes)
+}
+
+fn check_file_size(file: &Path, len: usize) -> Result<(), Error> {
+    if len as u64 > MAX_FILE_BYTES {
+        return Err(Error::input(format!(
+            "{}: file is larger than {} MiB (limit)",
+            file.display(),
+            MAX_FILE_BYTES >> 20
+        )));
+    }
+    Ok(())
+}
+
 /// Loads one file's text as if it had been read from `name` (for tests and stdin).
 pub fn load_str(name: &str, text: &str) -> Result<Cluster, Error> {
+    check_file_size(Path::new(name), text.len())?;
     let mut builder = Builder::default();
     builder.add_file(Path::new(name), text)?;
     builder.finish()
@@ -293,7 +339,7 @@ impl Place<'_> {
             Some((kind, name)) => out.push_str(&format!(" ({kind} {name})")),
             None => {}
         }
-        Error::input(format!("{out}: {message}"))
+        Error::input(format!("{out}: {}", tidy_message(message.to_string())))
     }
 }
 
@@ -314,22 +360,44 @@ struct Builder {
     cluster: Cluster,
     /// (kind, namespace, name) -> first place it was defined.
     seen: HashMap<(ObjKind, Option<String>, String), Source>,
+    /// Documents and List items read so far, against [`MAX_OBJECTS`].
+    objects: usize,
 }
 
 impl Builder {
     fn add_file(&mut self, file: &Path, text: &str) -> Result<(), Error> {
-        let untyped = serde_yaml_ng::Deserializer::from_str(text);
-        let typed = serde_yaml_ng::Deserializer::from_str(text);
-        for (index, (untyped, typed)) in untyped.zip(typed).enumerate() {
-            let doc = index + 1;
+        if let Some((doc, line, column)) = too_deep_flow(text) {
+            let place = Place { file, doc, item: None, object: None };
+            return Err(place.error(format!(
+                "YAML nests deeper than {MAX_YAML_DEPTH} levels (limit) at line {line} column \
+                 {column}"
+            )));
+        }
+        // Three passes over each document: count its nodes (nothing built), read it untyped,
+        // read it typed. One document's events are held at a time: peak memory stays a small
+        // multiple of the document.
+        let mut counted = serde_yaml_ng::Deserializer::from_str(text);
+        let mut untyped = serde_yaml_ng::Deserializer::from_str(text);
+        let mut typed = serde_yaml_ng::Deserializer::from_str(text);
+        let nodes = Cell::new(0);
+        for doc in 1.. {
+            let Some(document) = counted.next() else { break };
             let mut place = Place { file, doc, item: None, object: None };
             // On a syntax error the iterator would repeat it forever: `?` stops here.
-            let value = Value::deserialize(untyped).map_err(|e| place.error(e))?;
+            NodeBudget(&nodes).deserialize(document).map_err(|e| place.error(e))?;
+            let Some(document) = untyped.next() else { break };
+            let value = Value::deserialize(document).map_err(|e| place.error(e))?;
+            let Some(typed) = typed.next() else { break };
             let value = match value {
                 Value::Null => continue, // empty document
                 Value::Mapping(_) => value,
                 _ => return Err(place.error("expected a Kubernetes object (a mapping)")),
             };
+            for field in ["apiVersion", "kind"] {
+                if value.get(field).is_some_and(|v| v.as_str().is_none()) {
+                    return Err(place.error(format!("{field}: expected a string")));
+                }
+            }
             let header = Header::of(&value);
             if header.kind.is_empty() {
                 return Err(place.error("missing field `kind`"));
@@ -338,12 +406,18 @@ impl Builder {
                 return Err(place.error("missing field `apiVersion`"));
             }
 
-            if header.kind == "List" || header.kind.ends_with("List") {
+            let is_list = header.kind == "List" || header.kind.ends_with("List");
+            // A List counts as its items.
+            if !is_list {
+                self.count_objects(1, &place)?;
+            }
+            if is_list {
                 let items = match value.get("items") {
                     Some(Value::Sequence(items)) => items.as_slice(),
                     Some(Value::Null) | None => &[],
                     Some(_) => return Err(place.error("items: expected a list of objects")),
                 };
+                self.count_objects(items.len(), &place)?;
                 let headers: Vec<Header> = items.iter().map(Header::of).collect();
                 let kinds: Vec<Option<ObjKind>> = headers
                     .iter()
@@ -369,6 +443,16 @@ impl Builder {
                 let object = deserialize_object(kind, typed).map_err(|e| place.error(e))?;
                 self.add_object(object, &header, place)?;
             }
+        }
+        Ok(())
+    }
+
+    fn count_objects(&mut self, n: usize, place: &Place) -> Result<(), Error> {
+        self.objects += n;
+        if self.objects > MAX_OBJECTS {
+            return Err(
+                place.error(format!("more than {MAX_OBJECTS} objects in the input (limit)"))
+            );
         }
         Ok(())
     }
@@ -436,6 +520,8 @@ impl Builder {
             Object::Pod(raw) => add_pod(c, *raw, source, ns, name),
             Object::K8sPolicy(raw) => {
                 let spec = raw.spec;
+                check_rules(&place, "spec.ingress", spec.ingress.as_ref())?;
+                check_rules(&place, "spec.egress", spec.egress.as_ref())?;
                 let policy_types = types(spec.policy_types, &place, "spec.policyTypes")?;
                 c.k8s_policies.push(K8sNetworkPolicy {
                     source,
@@ -453,6 +539,8 @@ impl Builder {
             }
             Object::CalicoPolicy(raw) => {
                 let mut spec = raw.spec;
+                check_rules(&place, "spec.ingress", spec.ingress.as_ref())?;
+                check_rules(&place, "spec.egress", spec.egress.as_ref())?;
                 let (selector, namespace_selector, service_account_selector) = spec.selectors();
                 if kind == ObjKind::CalicoPolicy && namespace_selector.is_some() {
                     return Err(place.error(
@@ -640,6 +728,18 @@ fn types(
         out.push(t.0);
     }
     Ok(Some(out))
+}
+
+/// At most [`MAX_RULES_PER_POLICY`] rules per direction.
+fn check_rules<T>(place: &Place, field: &str, rules: Option<&Vec<T>>) -> Result<(), Error> {
+    let n = rules.map_or(0, Vec::len);
+    if n > MAX_RULES_PER_POLICY {
+        return Err(place.error(format!(
+            "{field}: {n} rules, more than {MAX_RULES_PER_POLICY} in one policy (limit; split the \
+             policy)"
+        )));
+    }
+    Ok(())
 }
 
 fn unsupported(source: &Source, field: &str) -> String {

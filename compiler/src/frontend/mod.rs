@@ -4,6 +4,7 @@
 //! YAML is read with serde_yaml_ng, the maintained successor of the deprecated serde_yaml (same
 //! API), because its errors keep the field path and line:column we put in every message.
 
+pub mod limits;
 mod load;
 pub mod model;
 mod raw;

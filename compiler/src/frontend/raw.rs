@@ -341,9 +341,26 @@ leaf!(
         if text.trim().is_empty() {
             return Ok(None);
         }
-        selector::parse(&text).map(Some).map_err(|e| format!("invalid selector {text:?}: {e}"))
+        if text.len() > super::limits::MAX_SELECTOR_BYTES {
+            return Err(format!(
+                "selector is {} bytes long, more than {} (limit)",
+                text.len(),
+                super::limits::MAX_SELECTOR_BYTES
+            ));
+        }
+        selector::parse(&text)
+            .map(Some)
+            .map_err(|e| format!("invalid selector {:?}: {e}", abbreviate(&text)))
     }
 );
+
+/// A long selector cut to its first 80 characters, so that its error stays readable.
+fn abbreviate(text: &str) -> String {
+    match text.char_indices().nth(80) {
+        Some((end, _)) => format!("{}...", &text[..end]),
+        None => text.to_owned(),
+    }
+}
 
 fn selector(field: Option<SelectorField>) -> Option<Selector> {
     field.and_then(|s| s.0)
@@ -367,6 +384,7 @@ pub fn is_set(value: &Option<serde_yaml_ng::Value>) -> bool {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
+#[serde(expecting = "a mapping")]
 pub struct Meta {
     pub name: Option<String>,
     pub namespace: Option<String>,
@@ -374,18 +392,21 @@ pub struct Meta {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 pub struct RawNamespace {
     #[serde(default)]
     pub metadata: Meta,
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 pub struct RawServiceAccount {
     #[serde(default)]
     pub metadata: Meta,
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 pub struct RawPod {
     #[serde(default)]
     pub metadata: Meta,
@@ -397,6 +418,7 @@ pub struct RawPod {
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
+#[serde(expecting = "a mapping")]
 pub struct RawPodSpec {
     pub service_account_name: Option<String>,
     pub containers: Option<Vec<RawContainer>>,
@@ -405,12 +427,14 @@ pub struct RawPodSpec {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
+#[serde(expecting = "a mapping")]
 pub struct RawContainer {
     pub ports: Option<Vec<RawContainerPort>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(expecting = "a mapping")]
 pub struct RawContainerPort {
     pub name: Option<String>,
     pub container_port: PortNumber,
@@ -429,6 +453,7 @@ impl RawContainerPort {
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
+#[serde(expecting = "a mapping")]
 pub struct RawPodStatus {
     pub phase: Option<String>,
     #[serde(rename = "podIP")]
@@ -448,6 +473,7 @@ leaf!(
 );
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 pub struct RawPodIp {
     pub ip: IpField,
 }
@@ -455,6 +481,7 @@ pub struct RawPodIp {
 // --- Kubernetes NetworkPolicy ----------------------------------------------------------------
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 pub struct RawK8sPolicy {
     #[serde(default)]
     pub spec: RawK8sSpec,
@@ -462,6 +489,7 @@ pub struct RawK8sPolicy {
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
+#[serde(expecting = "a mapping")]
 pub struct RawK8sSpec {
     pub pod_selector: Option<RawLabelSelector>,
     pub policy_types: Option<Vec<PolicyTypeField>>,
@@ -471,6 +499,7 @@ pub struct RawK8sSpec {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
+#[serde(expecting = "a mapping")]
 pub struct RawK8sIngress {
     pub from: Option<Vec<PeerField>>,
     pub ports: Option<Vec<K8sPortField>>,
@@ -478,6 +507,7 @@ pub struct RawK8sIngress {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
+#[serde(expecting = "a mapping")]
 pub struct RawK8sEgress {
     pub to: Option<Vec<PeerField>>,
     pub ports: Option<Vec<K8sPortField>>,
@@ -492,6 +522,7 @@ pub fn k8s_rule(peers: Option<Vec<PeerField>>, ports: Option<Vec<K8sPortField>>)
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
+#[serde(expecting = "a mapping")]
 pub struct RawLabelSelector {
     pub match_labels: Option<Labels>,
     pub match_expressions: Option<Vec<RequirementField>>,
@@ -512,6 +543,7 @@ impl RawLabelSelector {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 pub struct RawRequirement {
     key: String,
     operator: OperatorField,
@@ -547,6 +579,7 @@ impl TryFrom<RawRequirement> for RequirementField {
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
+#[serde(expecting = "a mapping")]
 pub struct RawPeer {
     pod_selector: Option<RawLabelSelector>,
     namespace_selector: Option<RawLabelSelector>,
@@ -577,6 +610,7 @@ impl TryFrom<RawPeer> for PeerField {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 pub struct RawIpBlock {
     cidr: CidrField,
     #[serde(default)]
@@ -606,6 +640,7 @@ impl TryFrom<RawIpBlock> for IpBlockField {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[serde(expecting = "a mapping")]
 pub struct RawK8sPort {
     #[serde(default)]
     protocol: Option<K8sProtocol>,
@@ -642,6 +677,7 @@ impl TryFrom<RawK8sPort> for K8sPortField {
 // --- Calico ------------------------------------------------------------------------------------
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 pub struct RawCalicoPolicy {
     #[serde(default)]
     pub spec: RawCalicoSpec,
@@ -649,6 +685,7 @@ pub struct RawCalicoPolicy {
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
+#[serde(expecting = "a mapping")]
 pub struct RawCalicoSpec {
     pub tier: Option<String>,
     pub order: Option<OrderField>,
@@ -691,6 +728,7 @@ impl RawCalicoSpec {
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
+#[serde(expecting = "a mapping")]
 pub struct RawCalicoRule {
     action: Option<ActionField>,
     ip_version: Option<IpVersionField>,
@@ -812,6 +850,7 @@ impl TryFrom<RawCalicoRule> for CalicoRuleField {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 pub struct RawIcmp {
     #[serde(default, rename = "type")]
     icmp_type: Option<IcmpValue>,
@@ -836,6 +875,7 @@ impl TryFrom<RawIcmp> for IcmpField {
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
+#[serde(expecting = "a mapping")]
 pub struct RawEntityRule {
     nets: Option<Vec<CidrField>>,
     not_nets: Option<Vec<CidrField>>,
@@ -873,12 +913,14 @@ impl RawEntityRule {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
+#[serde(expecting = "a mapping")]
 pub struct RawServiceAccountMatch {
     names: Option<Vec<String>>,
     selector: Option<SelectorField>,
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 pub struct RawTier {
     #[serde(default)]
     pub spec: RawTierSpec,
@@ -886,12 +928,14 @@ pub struct RawTier {
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
+#[serde(expecting = "a mapping")]
 pub struct RawTierSpec {
     pub order: Option<OrderField>,
     pub default_action: Option<TierActionField>,
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 pub struct RawNetworkSet {
     #[serde(default)]
     pub metadata: Meta,
@@ -901,6 +945,7 @@ pub struct RawNetworkSet {
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
+#[serde(expecting = "a mapping")]
 pub struct RawNetworkSetSpec {
     pub nets: Option<Vec<CidrField>>,
     pub allowed_egress_domains: Option<serde_yaml_ng::Value>,
