@@ -112,14 +112,7 @@ impl KernelEngine {
     pub fn new(compiled: &Compiled, family: Family) -> Result<KernelEngine> {
         let mut maps = Vec::new();
         for spec in compiled.map_specs(family) {
-            let fd = sys::map_create(&sys::MapSpec {
-                kind: spec.kind,
-                name: &spec.name,
-                key_size: spec.key_size,
-                value_size: spec.value_size,
-                max_entries: spec.max_entries,
-            })
-            .map_err(bpf_err)?;
+            let fd = create_map(&spec)?;
             maps.push((spec, fd));
         }
         let fd_of = |h: u32| maps.iter().find(|(s, _)| s.handle == h).map(|(_, fd)| fd);
@@ -198,6 +191,33 @@ impl KernelEngine {
             .ok_or_else(|| Error::other(format!("no map {handle}")))
     }
 
+    /// Fill every CPU's `FlowState` as the runtime would for `flow`, then run part 0 of
+    /// program `index` `repeat` times with `BPF_PROG_TEST_RUN`.
+    fn test_run(
+        &self,
+        compiled: &Compiled,
+        index: usize,
+        flow: &Flow,
+        repeat: u32,
+    ) -> Result<sys::TestRunOutput> {
+        let p = compiled.programs.get(index).ok_or_else(|| Error::other("no such program"))?;
+        let prog = self
+            .programs
+            .get(index)
+            .and_then(Option::as_ref)
+            .and_then(|p| p.parts.first())
+            .ok_or_else(|| Error::other("program not loaded for this family"))?;
+        let state_map = self.map(map::STATE)?;
+        let cpus = sys::possible_cpus().map_err(bpf_err)?;
+        let one = flow_state(flow, p.direction).to_bytes();
+        let all: Vec<u8> = one.iter().copied().cycle().take(one.len() * cpus).collect();
+        let key = abi::STATE_KEY.to_ne_bytes();
+        sys::map_update(state_map.as_fd(), &key, &all, UpdateFlags::Any).map_err(bpf_err)?;
+        let packet = [0u8; 64];
+        sys::prog_test_run(prog.as_fd(), &TestRun { data: &packet, ctx: None, repeat })
+            .map_err(bpf_err)
+    }
+
     /// Mean kernel time in ns of program `index` on `flow` over `repeat` runs
     /// (`BPF_PROG_TEST_RUN`; includes the tail call into the trivial epilogue).
     pub fn time_ns(
@@ -207,44 +227,14 @@ impl KernelEngine {
         flow: &Flow,
         repeat: u32,
     ) -> Result<u32> {
-        let p = compiled.programs.get(index).ok_or_else(|| Error::other("no such program"))?;
-        let prog = self
-            .programs
-            .get(index)
-            .and_then(Option::as_ref)
-            .and_then(|p| p.parts.first())
-            .ok_or_else(|| Error::other("program not loaded for this family"))?;
-        let state_map = self.map(map::STATE)?;
-        let cpus = sys::possible_cpus().map_err(bpf_err)?;
-        let one = flow_state(flow, p.direction).to_bytes();
-        let all: Vec<u8> = one.iter().copied().cycle().take(one.len() * cpus).collect();
-        let key = abi::STATE_KEY.to_ne_bytes();
-        sys::map_update(state_map.as_fd(), &key, &all, UpdateFlags::Any).map_err(bpf_err)?;
-        let packet = [0u8; 64];
-        let out = sys::prog_test_run(prog.as_fd(), &TestRun { data: &packet, ctx: None, repeat })
-            .map_err(bpf_err)?;
-        Ok(out.duration_ns)
+        Ok(self.test_run(compiled, index, flow, repeat)?.duration_ns)
     }
 
     /// Run program `index` of the compile on `flow` (seen at that program's direction).
     pub fn run(&self, compiled: &Compiled, index: usize, flow: &Flow) -> Result<Outcome> {
-        let p = compiled.programs.get(index).ok_or_else(|| Error::other("no such program"))?;
-        let prog = self
-            .programs
-            .get(index)
-            .and_then(Option::as_ref)
-            .and_then(|p| p.parts.first())
-            .ok_or_else(|| Error::other("program not loaded for this family"))?;
+        let out = self.test_run(compiled, index, flow, 1)?;
         let state_map = self.map(map::STATE)?;
-        let cpus = sys::possible_cpus().map_err(bpf_err)?;
-        let one = flow_state(flow, p.direction).to_bytes();
-        let all: Vec<u8> = one.iter().copied().cycle().take(one.len() * cpus).collect();
         let key = abi::STATE_KEY.to_ne_bytes();
-        sys::map_update(state_map.as_fd(), &key, &all, UpdateFlags::Any).map_err(bpf_err)?;
-        let packet = [0u8; 64];
-        let out =
-            sys::prog_test_run(prog.as_fd(), &TestRun { data: &packet, ctx: None, repeat: 1 })
-                .map_err(bpf_err)?;
         if out.retval != abi::TC_ACT_OK as u32 {
             return Err(Error::other(format!(
                 "program returned {} instead of tail-calling the epilogue",

@@ -4,50 +4,19 @@
 //! Flows are built from the policy itself (set members and their edges, port range edges,
 //! every endpoint address, ICMP types) plus deterministic pseudo-random ones.
 
+mod common;
+
+use common::{expected_key, Rng};
 use polc::codegen::Limits;
-use polc::codegen::RuleKey;
 use polc::compile::{compile_files_with, compile_ir_with, Compiled, Options};
 use polc::engine::KernelEngine;
-use polc_ir::{evaluate, proto, Direction, EndpointPolicy, Family, Flow, TraceStep};
+use polc_ir::{evaluate, proto, Direction, Family, Flow};
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 fn testdata(p: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata").join(p)
-}
-
-/// The rule identity the evaluator's decision names.
-fn expected_key(ep: &EndpointPolicy, trace: &[TraceStep]) -> RuleKey {
-    match trace.last() {
-        Some(TraceStep::Rule(hit)) => RuleKey::Rule {
-            direction: ep.direction,
-            tier: hit.tier.clone(),
-            policy: hit.policy.clone(),
-            kind: hit.kind.clone(),
-            index: hit.rule_index,
-        },
-        Some(TraceStep::TierDefault { tier, .. }) => {
-            RuleKey::TierDefault { direction: ep.direction, tier: tier.clone() }
-        }
-        Some(TraceStep::NoPolicy) => RuleKey::Profile { direction: ep.direction, passed: false },
-        Some(TraceStep::NotOwnAddress) => RuleKey::NotOwnAddress { direction: ep.direction },
-        _ => RuleKey::Profile { direction: ep.direction, passed: true },
-    }
-}
-
-/// A small deterministic generator (xorshift) so runs are reproducible.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn pick<T: Clone>(&mut self, v: &[T]) -> T {
-        v[(self.next() % v.len() as u64) as usize].clone()
-    }
 }
 
 fn offset(addr: IpAddr, delta: i128) -> IpAddr {
@@ -121,7 +90,7 @@ fn check(input: &str, engines: &mut usize) -> usize {
 }
 
 fn check_compiled(input: &str, compiled: &Compiled, engines: &mut usize) -> usize {
-    let mut rng = Rng(0x9e3779b97f4a7c15);
+    let mut rng = Rng::new(0x9e3779b97f4a7c15);
     let mut checked = 0;
     let port_list = ports(compiled);
     for family in [Family::V4, Family::V6] {
@@ -147,19 +116,19 @@ fn check_compiled(input: &str, compiled: &Compiled, engines: &mut usize) -> usiz
                         // One flow in seven claims an address next to the endpoint's own:
                         // every engine must drop it as not the endpoint's traffic.
                         let me =
-                            if round == 6 { offset(rng.pick(&own), 1) } else { rng.pick(&own) };
+                            if round == 6 { offset(*rng.pick(&own), 1) } else { *rng.pick(&own) };
                         let (src, dst) = match p.direction {
                             Direction::Ingress => (*peer, me),
                             Direction::Egress => (me, *peer),
                         };
-                        let protocol = rng.pick(&protos);
+                        let protocol = *rng.pick(&protos);
                         let flow = if protocol == icmp {
-                            let t = rng.pick(&[0u8, 3, 8, 128, 129]);
-                            let code = rng.pick(&[0u8, 1, 4]);
+                            let t = *rng.pick(&[0u8, 3, 8, 128, 129]);
+                            let code = *rng.pick(&[0u8, 1, 4]);
                             Flow::icmp(src, dst, t, code)
                         } else if proto::has_ports(protocol) {
-                            let sport = rng.pick(&port_list);
-                            Flow::ports(src, dst, protocol, sport, rng.pick(&port_list))
+                            let sport = *rng.pick(&port_list);
+                            Flow::ports(src, dst, protocol, sport, *rng.pick(&port_list))
                         } else {
                             Flow::ports(src, dst, protocol, 0, 0)
                         };
