@@ -5,10 +5,12 @@
 use crate::codegen::map;
 use crate::compile::{listing, Compiled, CompiledProgram, OutputFormat};
 use crate::error::{print_stdout, Error, Result};
+use crate::services::Frontend;
+use polc_abi::{family as abi_family, NatBackend, NatFrontendKey};
 use polc_ir::{Direction, Family};
 use polc_loader::dataplane::{
     self as dp, AttachOptions, Desired, EndpointAttach, MapBinding, MapDef, PolicyDirection,
-    PolicyProgram, TcMode,
+    PolicyProgram, ServiceDef, TcMode,
 };
 use polc_loader::RuntimeConfig;
 use std::collections::BTreeMap;
@@ -288,11 +290,69 @@ pub fn desired(compiled: &Compiled, endpoints: &[(String, String)]) -> Result<De
     Ok(d)
 }
 
+/// The runtime's NAT entries for `frontends`, and a note for each frontend it does not
+/// translate (IPv6, SCTP: see docs/runtime.md).
+pub fn service_defs(frontends: &[Frontend]) -> (Vec<ServiceDef>, Vec<String>) {
+    let mut defs = Vec::new();
+    let mut notes = Vec::new();
+    for fe in frontends {
+        let std::net::IpAddr::V4(ip) = fe.ip else {
+            notes.push(format!("{fe}: IPv6 service NAT is not implemented: not translated"));
+            continue;
+        };
+        if !fe.translated() {
+            notes.push(format!("{fe}: only TCP and UDP services are translated"));
+            continue;
+        }
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&ip.octets());
+        let backends = (fe.backends.iter())
+            .filter_map(|b| match b.ip {
+                std::net::IpAddr::V4(v4) => {
+                    let mut a = [0u8; 16];
+                    a[..4].copy_from_slice(&v4.octets());
+                    Some(NatBackend { addr: a, port: b.port, _pad: 0 })
+                }
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect();
+        defs.push(ServiceDef {
+            label: fe.to_string(),
+            frontend: NatFrontendKey {
+                addr,
+                port: fe.port,
+                protocol: fe.protocol.0,
+                family: abi_family::IPV4,
+            },
+            affinity_timeout_s: fe.affinity_timeout_s,
+            backends,
+        });
+    }
+    (defs, notes)
+}
+
+/// Reads `files` once and describes the attach: programs for `endpoints` and the service
+/// frontends, plus notes on services that are not translated.
+pub fn desired_from_files(
+    files: &[PathBuf],
+    endpoints: &[(String, String)],
+) -> Result<(Desired, Vec<String>)> {
+    let cluster = crate::frontend::load(files)?;
+    let frontends = crate::services::frontends(&cluster)?;
+    let compiled = crate::compile::compile_ir(crate::lower::lower(&cluster))?;
+    let mut d = desired(&compiled, endpoints)?;
+    let (services, notes) = service_defs(&frontends);
+    d.services = services;
+    Ok((d, notes))
+}
+
 /// `polc attach`.
 pub fn run_attach(args: &AttachArgs) -> Result<()> {
     let endpoints = args.endpoints.iter().map(|s| parse_endpoint(s)).collect::<Result<Vec<_>>>()?;
-    let compiled = crate::compile::compile_files(&args.files)?;
-    let d = desired(&compiled, &endpoints)?;
+    let (d, notes) = desired_from_files(&args.files, &endpoints)?;
+    for n in &notes {
+        eprintln!("polc: note: {n}");
+    }
     let opts = AttachOptions {
         pin_path: args.pin_path.clone(),
         tc_mode: match args.tc_mode {
@@ -333,6 +393,12 @@ pub fn run_attach(args: &AttachArgs) -> Result<()> {
             }
             for i in &report.interfaces_detached {
                 out.push_str(&format!("  detached {i}\n"));
+            }
+            if report.services > 0 {
+                out.push_str(&format!(
+                    "  {} service frontends ({} installed or changed)\n",
+                    report.services, report.services_changed
+                ));
             }
             print_stdout(&out)
         }
@@ -413,6 +479,12 @@ fn status_text(st: &dp::Status) -> String {
                 p.slot, p.insns, p.parts, p.label
             ));
         }
+    }
+    for svc in &st.services {
+        out.push_str(&format!(
+            "{}: {} backend(s), NAT service id {}\n",
+            svc.name, svc.backends, svc.service_id
+        ));
     }
     out.push_str(&format!(
         "conntrack: {} of {} entries\ndrops:",
@@ -500,9 +572,8 @@ pub fn run_agent(args: &AgentArgs) -> Result<()> {
     let mut dirty = true;
     loop {
         if dirty {
-            let outcome = crate::compile::compile_files(&args.files)
-                .and_then(|c| desired(&c, &endpoints))
-                .and_then(|d| {
+            let outcome =
+                desired_from_files(&args.files, &endpoints).map(|(d, _notes)| d).and_then(|d| {
                     if applied.as_ref() == Some(&d) {
                         return Ok(None);
                     }

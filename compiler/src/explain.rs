@@ -129,7 +129,26 @@ pub struct Explanation {
     pub egress: Option<DirectionResult>,
     /// Ingress of the destination, if it is a pod.
     pub ingress: Option<DirectionResult>,
-    /// Allow iff every present direction allows.
+    /// Allow iff every present direction allows (for a service: for every backend).
+    pub verdict: Verdict,
+    /// Set when the destination was a service frontend: the translation and the verdict
+    /// per backend. `flow`, `to` and the traces are those of the backend shown.
+    pub service: Option<ServiceHop>,
+}
+
+/// A destination that service NAT translates, and what each backend gets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceHop {
+    pub frontend: crate::services::Frontend,
+    pub backends: Vec<BackendResult>,
+}
+
+/// One backend of a [`ServiceHop`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendResult {
+    pub backend: crate::services::Backend,
+    /// `namespace/pod` when the backend address is an endpoint.
+    pub endpoint: Option<String>,
     pub verdict: Verdict,
 }
 
@@ -144,7 +163,11 @@ pub fn run(args: &ExplainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Resolves the query against the cluster and decides it with `engine`.
+/// Resolves the query against the cluster and decides it with `engine`. A destination
+/// that is a service frontend (cluster IP, port, protocol) is followed to its backends, as
+/// the runtime's NAT does before policy: the verdict is "allow" only if every backend
+/// allows (the runtime may pick any of them), and the flow and traces shown are those of
+/// the first backend that denies, else of the first backend.
 pub fn explain(cluster: &Cluster, query: &Query, engine: Engine) -> Result<Explanation> {
     let resolver = Resolver::new(cluster);
     let protocol = parse_protocol(&query.protocol)?;
@@ -152,44 +175,108 @@ pub fn explain(cluster: &Cluster, query: &Query, engine: Engine) -> Result<Expla
     let to = resolve_party(&resolver, &query.to, "--to")?;
     let (src, dst) = pick_addresses(&from, &to, &query.from, &query.to)?;
     let flow = build_flow(query, protocol, src, dst)?;
-    let (egress, ingress) = match engine {
-        Engine::Ir => {
-            let mut sets = SetTable::default();
-            let mut decide = |pod: &Pod, dir: Direction| {
-                let policy = lower_endpoint(&resolver, &mut sets, pod, dir);
-                DirectionResult {
-                    endpoint: policy.endpoint.clone(),
-                    decision: evaluate(&policy, &flow),
-                }
-            };
-            (
-                from.pod.map(|p| decide(p, Direction::Egress)),
-                to.pod.map(|p| decide(p, Direction::Ingress)),
-            )
-        }
-        Engine::Kernel | Engine::Vm => {
-            let compiled = crate::compile::compile_ir(crate::lower::lower(cluster))?;
-            let decide = |pod: &Pod, dir: Direction| -> Result<DirectionResult> {
-                crate::engine::explain_compiled(&compiled, &pod_name(pod), dir, &flow, engine)
-            };
-            (
-                from.pod.map(|p| decide(p, Direction::Egress)).transpose()?,
-                to.pod.map(|p| decide(p, Direction::Ingress)).transpose()?,
-            )
-        }
+    let mut decider = Decider { cluster, resolver: &resolver, engine, compiled: None };
+    let frontends = match to.pod {
+        Some(_) => Vec::new(),
+        None => crate::services::frontends(cluster)?,
     };
-    let allowed = [&egress, &ingress]
-        .iter()
-        .all(|d| d.as_ref().is_none_or(|r| r.decision.verdict == Verdict::Allow));
-    Ok(Explanation {
-        engine,
-        flow,
-        from: Party { endpoint: from.pod.map(pod_name), ip: src },
-        to: Party { endpoint: to.pod.map(pod_name), ip: dst },
-        egress,
-        ingress,
-        verdict: if allowed { Verdict::Allow } else { Verdict::Deny },
-    })
+    let frontend = proto::has_ports(protocol)
+        .then(|| crate::services::lookup(&frontends, dst, flow.dst_port, protocol))
+        .flatten();
+    let Some(fe) = frontend else {
+        return decider.decide(&flow, from.pod, to.pod);
+    };
+    let mut hop = ServiceHop { frontend: fe.clone(), backends: Vec::new() };
+    let mut shown: Option<Explanation> = None;
+    for b in &fe.backends {
+        let backend_flow = Flow { dst: b.ip, dst_port: b.port, ..flow };
+        let pod = resolver.endpoints().iter().copied().find(|p| p.ips.contains(&b.ip));
+        let ex = decider.decide(&backend_flow, from.pod, pod)?;
+        hop.backends.push(BackendResult {
+            backend: *b,
+            endpoint: pod.map(pod_name),
+            verdict: ex.verdict,
+        });
+        let first_deny = ex.verdict == Verdict::Deny
+            && shown.as_ref().is_none_or(|s| s.verdict == Verdict::Allow);
+        if shown.is_none() || first_deny {
+            shown = Some(ex);
+        }
+    }
+    let mut ex = match shown {
+        Some(ex) => ex,
+        // No backends: the runtime drops the packet before any policy (`no_backend`).
+        None => Explanation {
+            engine,
+            flow,
+            from: Party { endpoint: from.pod.map(pod_name), ip: src },
+            to: Party { endpoint: None, ip: dst },
+            egress: None,
+            ingress: None,
+            verdict: Verdict::Deny,
+            service: None,
+        },
+    };
+    ex.service = Some(hop);
+    Ok(ex)
+}
+
+/// Decides flows with one engine, compiling the cluster once for the bytecode engines.
+struct Decider<'a> {
+    cluster: &'a Cluster,
+    resolver: &'a Resolver<'a>,
+    engine: Engine,
+    compiled: Option<crate::compile::Compiled>,
+}
+
+impl Decider<'_> {
+    /// Egress of `from` (if a pod) AND ingress of `to` (if a pod) for `flow`.
+    fn decide(&mut self, flow: &Flow, from: Option<&Pod>, to: Option<&Pod>) -> Result<Explanation> {
+        let (egress, ingress) = match self.engine {
+            Engine::Ir => {
+                let mut sets = SetTable::default();
+                let mut decide = |pod: &Pod, dir: Direction| {
+                    let policy = lower_endpoint(self.resolver, &mut sets, pod, dir);
+                    DirectionResult {
+                        endpoint: policy.endpoint.clone(),
+                        decision: evaluate(&policy, flow),
+                    }
+                };
+                (
+                    from.map(|p| decide(p, Direction::Egress)),
+                    to.map(|p| decide(p, Direction::Ingress)),
+                )
+            }
+            Engine::Kernel | Engine::Vm => {
+                if self.compiled.is_none() {
+                    let ir = crate::lower::lower(self.cluster);
+                    self.compiled = Some(crate::compile::compile_ir(ir)?);
+                }
+                let compiled = self.compiled.as_ref().ok_or_else(|| Error::other("compile"))?;
+                let engine = self.engine;
+                let decide = |pod: &Pod, dir: Direction| -> Result<DirectionResult> {
+                    crate::engine::explain_compiled(compiled, &pod_name(pod), dir, flow, engine)
+                };
+                (
+                    from.map(|p| decide(p, Direction::Egress)).transpose()?,
+                    to.map(|p| decide(p, Direction::Ingress)).transpose()?,
+                )
+            }
+        };
+        let allowed = [&egress, &ingress]
+            .iter()
+            .all(|d| d.as_ref().is_none_or(|r| r.decision.verdict == Verdict::Allow));
+        Ok(Explanation {
+            engine: self.engine,
+            flow: *flow,
+            from: Party { endpoint: from.map(pod_name), ip: flow.src },
+            to: Party { endpoint: to.map(pod_name), ip: flow.dst },
+            egress,
+            ingress,
+            verdict: if allowed { Verdict::Allow } else { Verdict::Deny },
+            service: None,
+        })
+    }
 }
 
 fn pod_name(p: &Pod) -> String {
@@ -231,7 +318,11 @@ fn resolve_party<'a>(r: &Resolver<'a>, text: &str, flag: &str) -> Result<Resolve
         )));
     };
     let Some(pod) = r.cluster.pods.iter().find(|p| p.namespace == ns && p.name == name) else {
-        return Err(Error::input(format!("{flag} {text:?}: unknown pod")));
+        // Not a pod: a Service of that name means its cluster IPs.
+        if let Some(svc) = r.cluster.services.iter().find(|s| s.namespace == ns && s.name == name) {
+            return Ok(Resolved { pod: None, ips: svc.cluster_ips.clone() });
+        }
+        return Err(Error::input(format!("{flag} {text:?}: unknown pod or service")));
     };
     if pod.ips.is_empty() {
         return Err(Error::input(format!("{flag} {text:?}: pod has no IP address (status.podIP)")));
@@ -373,6 +464,28 @@ impl Explanation {
             "to": party(&self.to),
             "egress": direction_json(&self.egress),
             "ingress": direction_json(&self.ingress),
+            "service": self.service.as_ref().map(ServiceHop::to_json),
+        })
+    }
+}
+
+impl ServiceHop {
+    /// `{"name", "cluster_ip", "port", "protocol", "backends": [{"ip", "port", "endpoint",
+    /// "verdict"}]}`; no backends means the runtime drops the packet (`no_backend`).
+    pub fn to_json(&self) -> Value {
+        let fe = &self.frontend;
+        json!({
+            "name": fe.service,
+            "port_name": fe.port_name,
+            "cluster_ip": fe.ip.to_string(),
+            "port": fe.port,
+            "protocol": fe.protocol.to_string(),
+            "backends": self.backends.iter().map(|b| json!({
+                "ip": b.backend.ip.to_string(),
+                "port": b.backend.port,
+                "endpoint": b.endpoint,
+                "verdict": b.verdict.as_str(),
+            })).collect::<Vec<_>>(),
         })
     }
 }
@@ -381,6 +494,34 @@ impl fmt::Display for Explanation {
     /// A human trace: the verdict and flow, then each direction's steps.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "verdict: {}", self.verdict.as_str())?;
+        if let Some(hop) = &self.service {
+            let allowed = hop.backends.iter().filter(|b| b.verdict == Verdict::Allow).count();
+            writeln!(
+                f,
+                "{}: {} backend(s), {allowed} allow{}",
+                hop.frontend,
+                hop.backends.len(),
+                if hop.backends.is_empty() { " (no backends: dropped as no_backend)" } else { "" }
+            )?;
+            for b in &hop.backends {
+                let who = b.endpoint.as_deref().unwrap_or("not an endpoint");
+                writeln!(
+                    f,
+                    "  -> {}:{} ({who}): {}",
+                    b.backend.ip,
+                    b.backend.port,
+                    b.verdict.as_str()
+                )?;
+            }
+            if hop.backends.is_empty() {
+                return Ok(());
+            }
+            writeln!(
+                f,
+                "shown: the {} backend",
+                if self.verdict == Verdict::Deny { "first denying" } else { "first" }
+            )?;
+        }
         writeln!(f, "flow: {}", self.flow)?;
         let sides =
             [("egress of", &self.from, &self.egress), ("ingress of", &self.to, &self.ingress)];

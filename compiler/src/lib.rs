@@ -18,5 +18,6 @@ pub mod lower;
 pub mod opt;
 pub mod resolve;
 pub mod selector;
+pub mod services;
 pub mod synth;
 pub mod vm;

@@ -195,7 +195,7 @@ fn bad_input_exits_two_with_one_line() {
 #[test]
 fn vm_and_kernel_engines_agree_with_ir() {
     let kernel = polc_loader::kernel_test_guard().is_ok();
-    let queries: [&[&str]; 3] = [
+    let queries: [&[&str]; 4] = [
         &["--from", FRONTEND, "--to", CART, "--protocol", "tcp", "--port", "9090"],
         &[
             "--from",
@@ -217,6 +217,8 @@ fn vm_and_kernel_engines_agree_with_ir() {
             "--port",
             "8443",
         ],
+        // Through service NAT to the payments backend (denied by its ingress).
+        &["--from", FRONTEND, "--to", "10.96.20.20", "--protocol", "tcp", "--port", "443"],
     ];
     for q in queries {
         let run = |engine: &str| {
@@ -253,4 +255,102 @@ fn icmp_defaults_to_echo_request() {
     assert_eq!(v["flow"]["icmp_type"], 8);
     assert_eq!(v["flow"]["icmp_code"], 0);
     assert!(v["flow"]["dst_port"].is_null());
+}
+
+// ---------------------------------------------------------------- services
+
+/// testdata/demo/30-services.yaml: shop/cart is 10.96.10.11:9090 -> targetPort `grpc`
+/// (9090 on the cart pod, found through the service's selector).
+#[test]
+fn a_cluster_ip_is_followed_to_its_backend_like_the_runtime_nat() {
+    let o = polc(&[
+        "--from",
+        FRONTEND,
+        "--to",
+        "10.96.10.11",
+        "--protocol",
+        "tcp",
+        "--port",
+        "9090",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v = json(&o);
+    assert_eq!(v["verdict"], "allow");
+    let svc = &v["service"];
+    assert_eq!(svc["name"], "shop/cart");
+    assert_eq!(svc["cluster_ip"], "10.96.10.11");
+    assert_eq!(svc["backends"][0]["ip"], "10.244.1.11");
+    assert_eq!(svc["backends"][0]["endpoint"], CART);
+    assert_eq!(svc["backends"][0]["verdict"], "allow");
+    // Policy saw the backend: the flow and the ingress trace are the cart pod's.
+    assert_eq!(v["flow"]["dst"], "10.244.1.11");
+    assert_eq!(v["to"]["endpoint"], CART);
+    assert_eq!(v["ingress"]["decided_by"]["policy"], "shop/allow-cart-from-frontend");
+
+    // The service by name is the same query.
+    let by_name = polc(&[
+        "--from",
+        FRONTEND,
+        "--to",
+        "shop/cart",
+        "--protocol",
+        "tcp",
+        "--port",
+        "9090",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(json(&by_name), v);
+
+    // A port the service does not have is not translated: a plain, unknown address.
+    let o = polc(&[
+        "--from",
+        FRONTEND,
+        "--to",
+        "10.96.10.11",
+        "--protocol",
+        "tcp",
+        "--port",
+        "80",
+        "--output",
+        "json",
+    ]);
+    let v = json(&o);
+    assert_eq!(v["service"], serde_json::Value::Null);
+    assert_eq!(v["ingress"], serde_json::Value::Null);
+    assert_eq!(v["flow"]["dst"], "10.96.10.11");
+}
+
+#[test]
+fn a_service_without_backends_is_denied_and_says_so() {
+    let dir = std::env::temp_dir().join(format!("polc_explain_svc_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("svc.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: gone, namespace: shop}\n\
+         spec: {clusterIP: 10.96.10.99, selector: {app: nothing}, ports: [{port: 80}]}\n",
+    )
+    .unwrap();
+    let path = f.display().to_string();
+    let o = polc(&[
+        "-f",
+        &path,
+        "--from",
+        FRONTEND,
+        "--to",
+        "shop/gone",
+        "--protocol",
+        "tcp",
+        "--port",
+        "80",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.starts_with("verdict: deny\n"), "{text}");
+    assert!(text.contains("service shop/gone 10.96.10.99:80/TCP: 0 backend(s)"), "{text}");
+    assert!(text.contains("no_backend"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -50,8 +50,17 @@ fn demo_cluster_loads_with_expected_objects() {
     assert_eq!(c.tiers.len(), 1);
     assert_eq!(c.network_sets.len(), 2);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
-    assert_eq!(c.notes.len(), 1, "{:?}", c.notes);
+    assert_eq!(c.notes.len(), 2, "{:?}", c.notes);
     assert!(c.notes[0].contains("node-exporter") && c.notes[0].contains("hostNetwork"));
+    assert!(c.notes[1].contains("kube-system/kube-dns): headless service"), "{}", c.notes[1]);
+    let services: Vec<String> =
+        c.services.iter().map(|s| format!("{}/{}", s.namespace, s.name)).collect();
+    assert_eq!(services, ["shop/cart", "payments/payments-api", "shop/catalog"]);
+    let catalog_svc = &c.services[2];
+    assert_eq!(catalog_svc.cluster_ips.len(), 2, "dual-stack clusterIPs");
+    assert_eq!(c.services[1].affinity_timeout_s, Some(10800));
+    assert_eq!(c.endpoint_slices.len(), 1);
+    assert_eq!(c.endpoint_slices[0].service.as_deref(), Some("payments-api"));
 
     let shop = c.namespaces.iter().find(|n| n.name == "shop").unwrap();
     assert_eq!(shop.labels.get("team").map(String::as_str), Some("storefront"));
@@ -189,7 +198,12 @@ fn list_items_are_read_with_their_own_kinds() {
     assert_eq!(c.calico_policies.len(), 1);
     assert_eq!(c.calico_policies[0].selector, None, "absent selector = all()");
     assert_eq!(c.calico_policies[0].types, None, "types default is resolution's business");
-    assert!(c.notes.iter().any(|n| n.contains("item 0: skipped v1 Service shop/web")));
+    // A Service without a cluster IP has nothing to translate.
+    assert!(
+        c.notes.iter().any(|n| n.contains("item 0 (Service shop/web): service has no cluster IP")),
+        "{:?}",
+        c.notes
+    );
     // `shop` was never declared: it exists implicitly with the automatic label.
     assert_eq!(c.namespaces.len(), 1);
     assert!(c.namespaces[0].implicit);

@@ -1118,3 +1118,232 @@ fn attach_time_with_32_endpoints() {
     );
     assert_eq!((r1["generation"].as_u64(), r2["generation"].as_u64()), (Some(1), Some(2)));
 }
+
+// ------------------------------------------------------------------ service NAT
+
+/// A TCP server in `pod` that sends the pod's name and then echoes, so a client behind a
+/// cluster IP can tell which backend it reached.
+fn tcp_named_server(pod: &Pod, port: u16) {
+    let addr = SocketAddr::from((pod.addr, port));
+    let name = pod.name;
+    let listener = in_netns(&pod.ns, move || TcpListener::bind(addr).expect("bind"));
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut s = stream;
+                let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                if s.write_all(format!("{name}\n").as_bytes()).is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 512];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Connects from `from` to `addr` and reads the backend's name line; `None` if the
+/// connection or the read fails.
+fn backend_via(from: &Pod, addr: SocketAddr) -> Option<(String, TcpStream)> {
+    let mut s = tcp_connect_to(from, addr)?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 32 {
+        s.read_exact(&mut byte).ok()?;
+        if byte[0] == b'\n' {
+            return Some((String::from_utf8_lossy(&line).into_owned(), s));
+        }
+        line.push(byte[0]);
+    }
+    None
+}
+
+/// `web` (10.96.0.10:80 -> 8080 on web1 and web2, from an EndpointSlice), `dns`
+/// (10.96.0.53:53/UDP -> web1:5353) and `sticky` (10.96.0.20:80, ClientIP affinity); the
+/// web pods accept TCP 8080 and UDP 5353 from the client only; the client may only send to
+/// the web pods' 8080/5353, so its egress policy must see the backend, not the service.
+fn service_cluster(topo: &Topology, web_backends: &[&str]) -> String {
+    let slice_eps: String = web_backends
+        .iter()
+        .map(|n| format!("- addresses: [{}]\n  conditions: {{ready: true}}\n", topo.pod(n).addr))
+        .collect();
+    let web1 = topo.pod("web1").addr;
+    let web2 = topo.pod("web2").addr;
+    format!(
+        r#"{pods}---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {{name: web-ingress, namespace: e2e}}
+spec:
+  selector: app in {{'web1', 'web2'}}
+  types: [Ingress]
+  ingress:
+  - action: Allow
+    protocol: TCP
+    source: {{selector: app == 'client'}}
+    destination: {{ports: [8080]}}
+  - action: Allow
+    protocol: UDP
+    source: {{selector: app == 'client'}}
+    destination: {{ports: [5353]}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: client-egress, namespace: e2e}}
+spec:
+  podSelector: {{matchLabels: {{app: client}}}}
+  policyTypes: [Egress]
+  egress:
+  - to:
+    - podSelector: {{matchExpressions: [{{key: app, operator: In, values: [web1, web2]}}]}}
+    ports: [{{port: 8080}}, {{port: 5353, protocol: UDP}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: e2e}}
+spec:
+  type: ClusterIP
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10]
+  ports: [{{name: http, port: 80, protocol: TCP, targetPort: 8080}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-x1
+  namespace: e2e
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv4
+endpoints:
+{slice_eps}ports: [{{name: http, port: 8080, protocol: TCP}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: dns, namespace: e2e}}
+spec:
+  clusterIP: 10.96.0.53
+  ports: [{{name: dns, port: 53, protocol: UDP, targetPort: 5353}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: dns-x1
+  namespace: e2e
+  labels: {{kubernetes.io/service-name: dns}}
+addressType: IPv4
+endpoints:
+- addresses: [{web1}]
+ports: [{{name: dns, port: 5353, protocol: UDP}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: sticky, namespace: e2e}}
+spec:
+  clusterIP: 10.96.0.20
+  sessionAffinity: ClientIP
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: sticky-x1
+  namespace: e2e
+  labels: {{kubernetes.io/service-name: sticky}}
+addressType: IPv4
+endpoints:
+- addresses: [{web1}]
+- addresses: [{web2}]
+ports: [{{port: 8080}}]
+"#,
+        pods = topo.pods_yaml()
+    )
+}
+
+#[test]
+fn a_service_cluster_ip_reaches_its_backends_through_nat() {
+    require_kernel!();
+    if !netns_ready() {
+        return;
+    }
+    let topo = Topology::new(&["client", "web1", "web2", "other"]);
+    let (client, web1, other) = (topo.pod("client"), topo.pod("web1"), topo.pod("other"));
+    tcp_named_server(web1, 8080);
+    tcp_named_server(topo.pod("web2"), 8080);
+    udp_echo_server(web1, 5353);
+    let web: SocketAddr = "10.96.0.10:80".parse().unwrap();
+    let sticky: SocketAddr = "10.96.0.20:80".parse().unwrap();
+    assert!(backend_via(client, web).is_none(), "topology: nothing answers 10.96.0.10 yet");
+
+    let dir = topo.files.clone();
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let file = dir.join("cluster.yaml");
+    std::fs::write(&file, service_cluster(&topo, &["web1", "web2"])).expect("write");
+    let report = attach(&topo, &file);
+    assert_eq!(report["services"], 3, "{report}");
+    assert_eq!(report["services_changed"], 3, "{report}");
+
+    // Both backends serve the cluster IP; the client's egress policy allowed web:8080, so
+    // it saw the backend (a policy seeing 10.96.0.10:80 would have denied).
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..24 {
+        let (name, mut s) = backend_via(client, web).expect("client -> web:80 through NAT");
+        assert!(exchange(&mut s, b"ping"), "echo through NAT from {name}");
+        seen.insert(name);
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["web1", "web2"], "both backends used");
+    // The backends' ingress policy sees the real client: `other` is denied.
+    assert!(backend_via(other, web).is_none(), "other -> web:80 denied by web ingress policy");
+    // UDP: the reply's source is rewritten back to the service, or the socket would drop it.
+    let sock = in_netns(&client.ns, || UdpSocket::bind("0.0.0.0:0").expect("udp bind"));
+    sock.set_read_timeout(Some(ALLOW_WAIT)).unwrap();
+    sock.connect("10.96.0.53:53").unwrap();
+    sock.send(b"query").unwrap();
+    let mut buf = [0u8; 16];
+    let n = sock.recv(&mut buf).expect("UDP reply from the service address");
+    assert_eq!(&buf[..n], b"query");
+    // ClientIP affinity: one client keeps one backend.
+    let first = backend_via(client, sticky).expect("sticky").0;
+    for _ in 0..8 {
+        assert_eq!(backend_via(client, sticky).expect("sticky").0, first, "affinity kept");
+    }
+
+    let st = status(&topo);
+    let services = st["services"].as_array().expect("services in status");
+    assert_eq!(services.len(), 3, "{st}");
+    assert!(
+        services
+            .iter()
+            .any(|s| s["name"] == "service e2e/web 10.96.0.10:80/TCP" && s["backends"] == 2),
+        "{st}"
+    );
+
+    // A connection to web2 stays up while web2 leaves the service; new ones go to web1.
+    let mut kept = loop {
+        let (name, s) = backend_via(client, web).expect("connect");
+        if name == "web2" {
+            break s;
+        }
+    };
+    std::fs::write(&file, service_cluster(&topo, &["web1"])).expect("write");
+    let report = attach(&topo, &file);
+    assert_eq!(report["services_changed"], 1, "only web changed: {report}");
+    assert!(exchange(&mut kept, b"still there"), "established NAT flow survives the change");
+    for _ in 0..8 {
+        assert_eq!(backend_via(client, web).expect("web1").0, "web1");
+    }
+    let st = status(&topo);
+    let sticky_after = st["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"].as_str().is_some_and(|n| n.contains("sticky")));
+    assert_eq!(sticky_after.map(|s| s["backends"].clone()), Some(2.into()), "{st}");
+
+    polc_ok(&topo.node, &["detach", "--pin-path", topo.pin()]);
+    assert!(!topo.pin.exists(), "detach removes every pin, NAT maps included");
+    assert!(backend_via(client, web).is_none(), "no NAT after detach");
+}

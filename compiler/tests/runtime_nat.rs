@@ -464,6 +464,24 @@ fn client_ip_affinity_keeps_a_client_on_one_backend() {
     assert_eq!(BACKENDS[aff.ordinal as usize], sticky[0]);
 }
 
+/// Flows of one client spread over every backend for any backend count (a hash whose low
+/// bits ignored the source port once sent all of a client's flows to one of 2 backends).
+#[test]
+fn one_clients_flows_spread_evenly_over_two_three_and_four_backends() {
+    require_kernel!();
+    let all = [[10, 0, 1, 1], [10, 0, 1, 2], [10, 0, 1, 3], [10, 0, 1, 4]];
+    for n in 2..=4 {
+        let f = Fixture::new(&small_config());
+        f.service(TCP, &all[..n], 0);
+        let chosen = chosen_backends(&f, 40000..40240);
+        for b in &all[..n] {
+            let hits = chosen.iter().filter(|c| *c == b).count();
+            // A fair share is 240/n; a third of it is far outside chance for a sound hash.
+            assert!(hits >= 240 / n / 3, "{n} backends: {b:?} got {hits} of 240 flows");
+        }
+    }
+}
+
 #[test]
 fn a_service_without_backends_drops_and_counts() {
     require_kernel!();

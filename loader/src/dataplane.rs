@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! PIN/POLC_JUMP POLC_STATE POLC_EP POLC_CT POLC_DROPS   the runtime's maps
+//! PIN/POLC_NAT_FE POLC_NAT_BE POLC_NAT_AFF             service NAT maps
 //! PIN/polc_from_ep polc_to_ep polc_epilogue            the runtime's classifiers
 //! PIN/link_<ifindex>_from, link_<ifindex>_to           TCX links (tc ingress / egress)
 //! PIN/polc_current                                     array[1] of u64: the live generation
@@ -17,6 +18,10 @@
 //! builds generation N+1 completely (maps, programs in free slots, record), then switches
 //! each endpoint with one `POLC_EP` update (both of its slots at once), then frees N. Any
 //! error before the switch removes N+1 and leaves N untouched. Conntrack is never reset.
+//!
+//! Service frontends ([`ServiceDef`]) are switched the same way: a changed service gets its
+//! backends written under a fresh service id first, then one `POLC_NAT_FE` update points the
+//! frontend at them; unchanged services are not touched (their ClientIP affinities stay).
 //!
 //! The loader never sees policy: callers (the `polc` CLI, an agent) describe what to load
 //! as raw instructions whose LD_IMM64 map references carry HANDLES, plus what each handle
@@ -49,6 +54,7 @@
 //!         egress_v6: None,
 //!     }],
 //!     rules: vec![],
+//!     services: vec![],
 //! };
 //! let report = attach(&desired, &AttachOptions::default())?; // again later: atomic swap
 //! println!("generation {} in {} us", report.generation, report.elapsed_us);
@@ -65,9 +71,10 @@ use std::time::Instant;
 use aya::programs::tc::{self, NlOptions, TcAttachOptions};
 use aya::programs::{SchedClassifier, TcAttachType};
 use polc_abi::{
-    drop_reason, Endpoint, ENDPOINT_SIZE, JUMP_ENTRIES, MAP_CT, MAP_DROPS, MAP_EP, MAP_JUMP,
-    MAP_STATE, PROG_EPILOGUE, PROG_FROM_EP, PROG_TO_EP, SLOT_EPILOGUE, SLOT_FIRST_POLICY,
-    SLOT_NONE,
+    drop_reason, nat_flags, Endpoint, NatBackend, NatBackendKey, NatFrontendKey, NatService,
+    ENDPOINT_SIZE, JUMP_ENTRIES, MAP_CT, MAP_DROPS, MAP_EP, MAP_JUMP, MAP_NAT_AFF, MAP_NAT_BE,
+    MAP_NAT_FE, MAP_STATE, NAT_BE_ENTRIES, NAT_FE_ENTRIES, PROG_EPILOGUE, PROG_FROM_EP, PROG_TO_EP,
+    SLOT_EPILOGUE, SLOT_FIRST_POLICY, SLOT_NONE,
 };
 use serde::{Deserialize, Serialize};
 
@@ -213,6 +220,22 @@ pub struct Desired {
     pub endpoints: Vec<EndpointAttach>,
     /// Rule id -> description, for `dump`.
     pub rules: Vec<String>,
+    /// Service frontends for the runtime's NAT maps; frontends installed before but missing
+    /// here are removed.
+    pub services: Vec<ServiceDef>,
+}
+
+/// One service frontend (cluster IP, port, protocol) and its backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceDef {
+    /// For status and errors, e.g. `service shop/web 10.96.0.10:80/TCP`.
+    pub label: String,
+    /// The frontend key (IPv4 TCP/UDP: the runtime translates only those).
+    pub frontend: NatFrontendKey,
+    /// `sessionAffinity: ClientIP` timeout in seconds.
+    pub affinity_timeout_s: Option<u32>,
+    /// Ordinal i is `backends[i]`. Empty: packets to the frontend are dropped (`no_backend`).
+    pub backends: Vec<NatBackend>,
 }
 
 /// How to attach the runtime to tc.
@@ -266,6 +289,10 @@ pub struct AttachReport {
     pub interfaces_detached: Vec<String>,
     /// Prog-array slots of the previous generation freed after the switch.
     pub slots_freed: usize,
+    /// Service frontends now installed.
+    pub services: usize,
+    /// Of those, the ones this call installed or changed (the rest were left untouched).
+    pub services_changed: usize,
     /// Wall-clock time of the whole call, in microseconds.
     pub elapsed_us: u128,
 }
@@ -300,6 +327,22 @@ struct Meta {
     programs: Vec<MetaProgram>,
     rules: Vec<String>,
     links: Vec<MetaLink>,
+    /// Installed service frontends (absent in records of older versions).
+    #[serde(default)]
+    services: Vec<MetaService>,
+}
+
+/// A frontend as installed: enough to tell whether a new description changes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct MetaService {
+    label: String,
+    /// `NatFrontendKey` bytes.
+    key: Vec<u8>,
+    service_id: u32,
+    /// `NatService` bytes (id, count, flags, timeout).
+    value: Vec<u8>,
+    /// `NatBackend` bytes by ordinal.
+    backends: Vec<Vec<u8>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -482,10 +525,23 @@ struct RuntimeFds {
     drops: Fd,
     from_ep: Fd,
     to_ep: Fd,
+    nat_fe: Fd,
+    nat_be: Fd,
 }
 
-const RUNTIME_PINS: [&str; 8] =
-    [MAP_JUMP, MAP_STATE, MAP_EP, MAP_CT, MAP_DROPS, PROG_FROM_EP, PROG_TO_EP, PROG_EPILOGUE];
+const RUNTIME_PINS: [&str; 11] = [
+    MAP_JUMP,
+    MAP_STATE,
+    MAP_EP,
+    MAP_CT,
+    MAP_DROPS,
+    PROG_FROM_EP,
+    PROG_TO_EP,
+    PROG_EPILOGUE,
+    MAP_NAT_FE,
+    MAP_NAT_BE,
+    MAP_NAT_AFF,
+];
 
 fn open_runtime(pin: &Path) -> Result<Option<RuntimeFds>> {
     let mut fds = Vec::new();
@@ -511,6 +567,11 @@ fn open_runtime(pin: &Path) -> Result<Option<RuntimeFds>> {
         drops: next()?,
         from_ep: next()?,
         to_ep: next()?,
+        nat_fe: {
+            next()?; // the epilogue: pinned so it stays in its slot, not used here
+            next()?
+        },
+        nat_be: next()?,
     }))
 }
 
@@ -519,7 +580,7 @@ fn open_runtime(pin: &Path) -> Result<Option<RuntimeFds>> {
 fn load_runtime(pin: &Path, config: &RuntimeConfig) -> Result<RuntimeFds> {
     let rt = Runtime::load_with(config).map_err(|e| DataplaneError::Runtime(e.to_string()))?;
     let rt_err = |e: crate::runtime::RuntimeError| DataplaneError::Runtime(e.to_string());
-    let objects: [BorrowedFd<'_>; 8] = [
+    let objects: [BorrowedFd<'_>; 11] = [
         rt.jump_map_fd().map_err(rt_err)?,
         rt.state_map_fd().map_err(rt_err)?,
         rt.ep_map_fd().map_err(rt_err)?,
@@ -528,6 +589,9 @@ fn load_runtime(pin: &Path, config: &RuntimeConfig) -> Result<RuntimeFds> {
         rt.hook_fd(Hook::FromEndpoint).map_err(rt_err)?,
         rt.hook_fd(Hook::ToEndpoint).map_err(rt_err)?,
         rt.epilogue_fd().map_err(rt_err)?,
+        rt.nat_map_fd(MAP_NAT_FE).map_err(rt_err)?,
+        rt.nat_map_fd(MAP_NAT_BE).map_err(rt_err)?,
+        rt.nat_map_fd(MAP_NAT_AFF).map_err(rt_err)?,
     ];
     for (k, (name, fd)) in RUNTIME_PINS.iter().zip(objects).enumerate() {
         if let Err(e) = bpffs::pin(fd, &pin.join(name)) {
@@ -580,6 +644,14 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
         Ok(b) => b,
         Err(e) => {
             remove_generation(&dir, &rt, None);
+            return Err(e);
+        }
+    };
+    // New backends go in under fresh service ids: nothing points at them before the switch.
+    let nat = match prepare_services(desired, old.as_ref(), &rt) {
+        Ok(n) => n,
+        Err(e) => {
+            remove_generation(&dir, &rt, Some(&built.slots));
             return Err(e);
         }
     };
@@ -644,6 +716,7 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
                     for l in &new_links {
                         let _ = detach_link(pin, l);
                     }
+                    remove_backends(&rt, &nat.written);
                     remove_generation(&dir, &rt, Some(&built.slots));
                     return Err(e);
                 }
@@ -660,11 +733,13 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
         programs: built.programs,
         rules: desired.rules.clone(),
         links: links.clone(),
+        services: nat.services.clone(),
     };
     if let Err(e) = write_meta(&dir, &meta) {
         for l in &new_links {
             let _ = detach_link(pin, l);
         }
+        remove_backends(&rt, &nat.written);
         remove_generation(&dir, &rt, Some(&built.slots));
         return Err(e);
     }
@@ -690,11 +765,22 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
             }
         }
     }
+    let mut frontends_switched: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    if outcome.is_ok() {
+        outcome = switch_frontends(&rt, &nat.services, old.as_ref(), &mut frontends_switched);
+    }
     if outcome.is_ok() {
         outcome = write_current(pin, generation);
     }
     if let Err(e) = outcome {
         // Put back what was switched; the old generation is still loaded and current.
+        for (key, prev) in frontends_switched.iter().rev() {
+            let _ = match prev {
+                Some(v) => sys::map_update(rt.nat_fe.as_fd(), key, v, UpdateFlags::Any),
+                None => sys::map_delete(rt.nat_fe.as_fd(), key).map(drop),
+            };
+        }
+        remove_backends(&rt, &nat.written);
         for (ifindex, prev) in switched.iter().rev() {
             let k = ifindex.to_ne_bytes();
             let _ = match prev {
@@ -722,6 +808,15 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
             sys::map_delete(rt.ep.as_fd(), &ep.ifindex.to_ne_bytes())?;
             interfaces_detached.push(ep.ifname.clone());
         }
+    }
+    // Backends of replaced or removed services: no frontend points at them any more.
+    if let Some(old) = &old {
+        let live: BTreeSet<u32> = meta.services.iter().map(|s| s.service_id).collect();
+        let stale: Vec<(u32, u32)> = (old.services.iter())
+            .filter(|s| !live.contains(&s.service_id))
+            .map(|s| (s.service_id, s.backends.len() as u32))
+            .collect();
+        remove_backends(&rt, &stale);
     }
     let mut slots_freed = 0;
     if let Some(old) = &old {
@@ -752,8 +847,111 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
         interfaces_attached,
         interfaces_detached,
         slots_freed,
+        services: meta.services.len(),
+        services_changed: nat.written.len(),
         elapsed_us: started.elapsed().as_micros(),
     })
+}
+
+/// Service frontends as they will be after the switch, and the backends written for them.
+struct NatPlan {
+    services: Vec<MetaService>,
+    /// (service id, backend count) written by this attach: removed again if it fails.
+    written: Vec<(u32, u32)>,
+}
+
+/// Keeps unchanged frontends as they are; writes the backends of new or changed ones under
+/// service ids no installed frontend uses.
+fn prepare_services(desired: &Desired, old: Option<&Meta>, rt: &RuntimeFds) -> Result<NatPlan> {
+    let old_services = old.map(|m| m.services.as_slice()).unwrap_or_default();
+    let mut used: BTreeSet<u32> = old_services.iter().map(|s| s.service_id).collect();
+    let mut next_id = 1u32;
+    let mut plan = NatPlan { services: Vec::new(), written: Vec::new() };
+    for svc in &desired.services {
+        let count = u32::try_from(svc.backends.len())
+            .map_err(|_| invalid(format!("{}: too many backends", svc.label)))?;
+        let key = svc.frontend.to_bytes().to_vec();
+        let backends: Vec<Vec<u8>> = svc.backends.iter().map(|b| b.to_bytes().to_vec()).collect();
+        let value_with = |service_id: u32| {
+            NatService {
+                service_id,
+                backend_count: count,
+                flags: if svc.affinity_timeout_s.is_some() {
+                    nat_flags::AFFINITY_CLIENT_IP
+                } else {
+                    0
+                },
+                affinity_timeout_s: svc.affinity_timeout_s.unwrap_or(0),
+            }
+            .to_bytes()
+            .to_vec()
+        };
+        let same = old_services.iter().find(|o| {
+            o.key == key && o.backends == backends && o.value == value_with(o.service_id)
+        });
+        if let Some(o) = same {
+            plan.services.push(MetaService { label: svc.label.clone(), ..o.clone() });
+            continue;
+        }
+        while used.contains(&next_id) {
+            next_id = next_id.checked_add(1).ok_or_else(|| failed("service ids exhausted"))?;
+        }
+        let service_id = next_id;
+        used.insert(service_id);
+        plan.written.push((service_id, count));
+        for (ordinal, b) in (0u32..).zip(&backends) {
+            let k = NatBackendKey { service_id, ordinal }.to_bytes();
+            if let Err(e) = sys::map_update(rt.nat_be.as_fd(), &k, b, UpdateFlags::Any) {
+                remove_backends(rt, &plan.written);
+                return Err(failed(format!("{}: writing backend {ordinal}: {e}", svc.label)));
+            }
+        }
+        plan.services.push(MetaService {
+            label: svc.label.clone(),
+            key,
+            service_id,
+            value: value_with(service_id),
+            backends,
+        });
+    }
+    Ok(plan)
+}
+
+/// Points every new or changed frontend at its backends (one update each) and removes the
+/// frontends that are gone, recording each key's previous value for a rollback.
+fn switch_frontends(
+    rt: &RuntimeFds,
+    services: &[MetaService],
+    old: Option<&Meta>,
+    done: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
+) -> Result<()> {
+    let old_services = old.map(|m| m.services.as_slice()).unwrap_or_default();
+    for s in services {
+        // Same key and value (incl. the service id): an unchanged service, left alone.
+        if old_services.iter().any(|o| o.key == s.key && o.value == s.value) {
+            continue;
+        }
+        let prev = sys::map_lookup(rt.nat_fe.as_fd(), &s.key)?;
+        sys::map_update(rt.nat_fe.as_fd(), &s.key, &s.value, UpdateFlags::Any)
+            .map_err(|e| failed(format!("{}: {e}", s.label)))?;
+        done.push((s.key.clone(), prev));
+    }
+    for o in old_services.iter().filter(|o| !services.iter().any(|s| s.key == o.key)) {
+        let prev = sys::map_lookup(rt.nat_fe.as_fd(), &o.key)?;
+        sys::map_delete(rt.nat_fe.as_fd(), &o.key)?;
+        done.push((o.key.clone(), prev));
+    }
+    Ok(())
+}
+
+/// Deletes backends `0..count` of each service id (best effort: used to clean up).
+fn remove_backends(rt: &RuntimeFds, ids: &[(u32, u32)]) {
+    for &(service_id, count) in ids {
+        for ordinal in 0..count {
+            let k = NatBackendKey { service_id, ordinal }.to_bytes();
+            let _ = sys::map_delete(rt.nat_be.as_fd(), &k);
+        }
+    }
 }
 
 fn validate(d: &Desired) -> Result<()> {
@@ -810,6 +1008,27 @@ fn validate(d: &Desired) -> Result<()> {
             "{} programs exceed the {} a swap can hold (POLC_JUMP has {JUMP_ENTRIES} slots)",
             d.programs.len(),
             slots / 2
+        )));
+    }
+    let mut frontends = BTreeSet::new();
+    for svc in &d.services {
+        if !frontends.insert(svc.frontend.to_bytes()) {
+            return Err(invalid(format!("{}: the frontend is described twice", svc.label)));
+        }
+    }
+    if d.services.len() > NAT_FE_ENTRIES as usize {
+        return Err(invalid(format!(
+            "{} service frontends exceed the {NAT_FE_ENTRIES} POLC_NAT_FE holds",
+            d.services.len()
+        )));
+    }
+    let backends: usize = d.services.iter().map(|s| s.backends.len()).sum();
+    if backends > NAT_BE_ENTRIES as usize / 2 {
+        // Half: a changed service's old backends stay until the switch.
+        return Err(invalid(format!(
+            "{backends} service backends exceed the {} a swap can hold (POLC_NAT_BE has \
+             {NAT_BE_ENTRIES} entries)",
+            NAT_BE_ENTRIES / 2
         )));
     }
     Ok(())
@@ -1216,6 +1435,19 @@ pub struct Status {
     /// Drop counters summed over CPUs, by reason name (reasons without a name are
     /// `reason_N`); zero counters included.
     pub drops: BTreeMap<String, u64>,
+    /// Installed service frontends.
+    pub services: Vec<ServiceStatus>,
+}
+
+/// One service frontend in [`Status`].
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceStatus {
+    /// e.g. `service shop/web 10.96.0.10:80/TCP`.
+    pub name: String,
+    /// Its id in the NAT maps (changes when its backends change).
+    pub service_id: u32,
+    /// Number of backends (0: packets to it are dropped as `no_backend`).
+    pub backends: usize,
 }
 
 /// One endpoint in [`Status`].
@@ -1368,6 +1600,13 @@ pub fn status(pin_path: &Path) -> Result<Status> {
         endpoints,
         conntrack: ConntrackStatus { entries, max_entries: ct_info.max_entries },
         drops,
+        services: (meta.services.iter())
+            .map(|s| ServiceStatus {
+                name: s.label.clone(),
+                service_id: s.service_id,
+                backends: s.backends.len(),
+            })
+            .collect(),
     })
 }
 
@@ -1598,6 +1837,7 @@ mod tests {
             programs: vec![prog],
             endpoints: vec![ep.clone()],
             rules: vec![],
+            services: vec![],
         };
         assert!(validate(&d).unwrap_err().to_string().contains("handle 2"));
         let mut d2 = d.clone();
@@ -1622,5 +1862,18 @@ mod tests {
         assert!(validate(&d4).unwrap_err().to_string().contains("missing program"));
         let d3 = Desired { maps: vec![bad_map], ..Desired::default() };
         assert!(validate(&d3).unwrap_err().to_string().contains("`a.b`"));
+        let svc = ServiceDef {
+            label: "service a/b 10.96.0.1:80/TCP".into(),
+            frontend: NatFrontendKey {
+                addr: [10, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                port: 80,
+                protocol: 6,
+                family: 4,
+            },
+            affinity_timeout_s: None,
+            backends: vec![],
+        };
+        let d5 = Desired { services: vec![svc.clone(), svc], ..Desired::default() };
+        assert!(validate(&d5).unwrap_err().to_string().contains("described twice"));
     }
 }

@@ -118,13 +118,18 @@ fn pick_backend(f: &Flow, svc: &NatService, now: u64) -> Option<NatBackend> {
     POLC_NAT_BE.get_ptr(&key).map(|b| unsafe { *b })
 }
 
-/// A mix of the client's address and ports (the service end is the same for every flow of
-/// a frontend).
+/// A mix of the client's address and port (the service end is the same for every flow of
+/// a frontend). The result is the product's HIGH half: low bits of a product depend only on
+/// low bits of its input, so `% 2` of the low half ignored the port and sent every flow of a
+/// client to one backend.
 #[inline(always)]
 fn flow_hash(f: &Flow) -> u32 {
     let mut x = f.src[0] ^ f.src[1].rotate_left(17) ^ u64::from(f.src_port) << 32;
+    x ^= x >> 31;
     x = x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (x ^ (x >> 29)) as u32
+    x ^= x >> 29;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    (x >> 32) as u32
 }
 
 /// The two conntrack entries of a translated flow, not yet approved (the epilogue sets the

@@ -152,6 +152,8 @@ enum ObjKind {
     Tier,
     NetworkSet,
     GlobalNetworkSet,
+    Service,
+    EndpointSlice,
 }
 
 impl ObjKind {
@@ -166,6 +168,8 @@ impl ObjKind {
             ("projectcalico.org/v3", "Tier") => ObjKind::Tier,
             ("projectcalico.org/v3", "NetworkSet") => ObjKind::NetworkSet,
             ("projectcalico.org/v3", "GlobalNetworkSet") => ObjKind::GlobalNetworkSet,
+            ("v1", "Service") => ObjKind::Service,
+            ("discovery.k8s.io/v1", "EndpointSlice") => ObjKind::EndpointSlice,
             _ => return None,
         })
     }
@@ -178,6 +182,8 @@ impl ObjKind {
                 | ObjKind::K8sPolicy
                 | ObjKind::CalicoPolicy
                 | ObjKind::NetworkSet
+                | ObjKind::Service
+                | ObjKind::EndpointSlice
         )
     }
 }
@@ -191,6 +197,8 @@ enum Object {
     CalicoPolicy(Box<RawCalicoPolicy>),
     Tier(RawTier),
     NetworkSet(RawNetworkSet),
+    Service(Box<RawService>),
+    EndpointSlice(Box<RawEndpointSlice>),
 }
 
 fn deserialize_object<'de, D: Deserializer<'de>>(kind: ObjKind, d: D) -> Result<Object, D::Error> {
@@ -205,6 +213,10 @@ fn deserialize_object<'de, D: Deserializer<'de>>(kind: ObjKind, d: D) -> Result<
         ObjKind::Tier => Object::Tier(RawTier::deserialize(d)?),
         ObjKind::NetworkSet | ObjKind::GlobalNetworkSet => {
             Object::NetworkSet(RawNetworkSet::deserialize(d)?)
+        }
+        ObjKind::Service => Object::Service(Box::new(RawService::deserialize(d)?)),
+        ObjKind::EndpointSlice => {
+            Object::EndpointSlice(Box::new(RawEndpointSlice::deserialize(d)?))
         }
     })
 }
@@ -598,6 +610,8 @@ impl Builder {
                     nets: raw.spec.nets.unwrap_or_default().into_iter().map(|n| n.0).collect(),
                 });
             }
+            Object::Service(raw) => add_service(c, *raw, &place, source, ns, name)?,
+            Object::EndpointSlice(raw) => add_endpoint_slice(c, *raw, &place, source, ns, name)?,
         }
         Ok(())
     }
@@ -712,6 +726,172 @@ fn add_pod(c: &mut Cluster, raw: RawPod, source: Source, namespace: String, name
         ips,
     });
 }
+
+/// A Service with a cluster IP becomes a NAT frontend; others are noted and skipped.
+fn add_service(
+    c: &mut Cluster,
+    raw: RawService,
+    place: &Place,
+    source: Source,
+    namespace: String,
+    name: String,
+) -> Result<(), Error> {
+    let spec = raw.spec;
+    if spec.service_type.as_deref() == Some("ExternalName") {
+        c.notes.push(format!("{source}: ExternalName service has no cluster IP: skipped"));
+        return Ok(());
+    }
+    let mut texts: Vec<(String, String)> = Vec::new();
+    match &spec.cluster_ips {
+        Some(list) if !list.is_empty() => {
+            for (i, t) in list.iter().enumerate() {
+                texts.push((format!("spec.clusterIPs[{i}]"), t.clone()));
+            }
+        }
+        _ => texts.extend(spec.cluster_ip.clone().map(|t| ("spec.clusterIP".to_string(), t))),
+    }
+    if texts.iter().any(|(_, t)| t == "None") {
+        c.notes.push(format!("{source}: headless service (clusterIP: None): skipped"));
+        return Ok(());
+    }
+    let mut cluster_ips: Vec<IpAddr> = Vec::new();
+    for (field, text) in texts.iter().filter(|(_, t)| !t.is_empty()) {
+        let ip: IpAddr = text
+            .trim()
+            .parse()
+            .map_err(|_| place.error(format!("{field}: invalid IP address {text:?}")))?;
+        if cluster_ips.iter().any(|o| o.is_ipv4() == ip.is_ipv4()) {
+            return Err(place.error(format!("{field}: a second cluster IP of the same family")));
+        }
+        cluster_ips.push(ip);
+    }
+    if cluster_ips.is_empty() {
+        c.notes.push(format!("{source}: service has no cluster IP yet: skipped"));
+        return Ok(());
+    }
+    let ports: Vec<ServicePort> =
+        spec.ports.unwrap_or_default().into_iter().map(RawServicePort::into_model).collect();
+    for (i, p) in ports.iter().enumerate() {
+        let same = ports.iter().take(i).find(|q| q.port == p.port && q.protocol == p.protocol);
+        if same.is_some() {
+            return Err(place.error(format!(
+                "spec.ports[{i}]: port {} {} is listed twice",
+                p.port, p.protocol
+            )));
+        }
+        if ports.len() > 1 && p.name.is_none() {
+            return Err(place.error(format!(
+                "spec.ports[{i}].name: required when a service has more than one port"
+            )));
+        }
+        if ports.iter().take(i).any(|q| q.name.is_some() && q.name == p.name) {
+            return Err(place.error(format!("spec.ports[{i}].name: listed twice")));
+        }
+    }
+    let affinity_timeout_s = match spec.session_affinity.as_deref() {
+        None | Some("None") => None,
+        Some("ClientIP") => Some(
+            spec.session_affinity_config
+                .and_then(|a| a.client_ip)
+                .and_then(|ip| ip.timeout_seconds)
+                .map_or(10_800, |t| t.0),
+        ),
+        Some(other) => {
+            return Err(
+                place.error(format!("spec.sessionAffinity: {other:?}: expected None or ClientIP"))
+            )
+        }
+    };
+    let external_traffic_local = match spec.external_traffic_policy.as_deref() {
+        None | Some("Cluster") => false,
+        Some("Local") => true,
+        Some(other) => {
+            return Err(place.error(format!(
+                "spec.externalTrafficPolicy: {other:?}: expected Cluster or Local"
+            )))
+        }
+    };
+    c.services.push(Service {
+        source,
+        namespace,
+        name,
+        selector: spec.selector,
+        cluster_ips,
+        ports,
+        affinity_timeout_s,
+        external_traffic_local,
+    });
+    Ok(())
+}
+
+/// An EndpointSlice of IP addresses; FQDN slices are noted and skipped.
+fn add_endpoint_slice(
+    c: &mut Cluster,
+    raw: RawEndpointSlice,
+    place: &Place,
+    source: Source,
+    namespace: String,
+    name: String,
+) -> Result<(), Error> {
+    let v4 = match raw.address_type.as_str() {
+        "IPv4" => true,
+        "IPv6" => false,
+        "FQDN" => {
+            c.notes.push(format!("{source}: FQDN EndpointSlice: skipped"));
+            return Ok(());
+        }
+        other => {
+            return Err(place.error(format!("addressType: {other:?}: expected IPv4, IPv6 or FQDN")))
+        }
+    };
+    let mut endpoints = Vec::new();
+    for (i, e) in raw.endpoints.unwrap_or_default().into_iter().enumerate() {
+        let mut addresses = Vec::new();
+        for (j, text) in e.addresses.iter().enumerate() {
+            let ip: IpAddr = text.trim().parse().map_err(|_| {
+                place.error(format!("endpoints[{i}].addresses[{j}]: invalid IP address {text:?}"))
+            })?;
+            if ip.is_ipv4() != v4 {
+                return Err(place.error(format!(
+                    "endpoints[{i}].addresses[{j}]: {ip} is not an {} address",
+                    raw.address_type
+                )));
+            }
+            addresses.push(ip);
+        }
+        let ready = e.conditions.ready.unwrap_or(true);
+        endpoints.push(SliceEndpoint {
+            addresses,
+            ready,
+            serving: e.conditions.serving.unwrap_or(ready),
+            terminating: e.conditions.terminating.unwrap_or(false),
+        });
+    }
+    let service = raw
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .filter(|s| !s.is_empty())
+        .cloned();
+    if service.is_none() {
+        c.notes.push(format!(
+            "{source}: EndpointSlice without a {SERVICE_NAME_LABEL} label backs no service"
+        ));
+    }
+    c.endpoint_slices.push(EndpointSlice {
+        source,
+        namespace,
+        name,
+        service,
+        endpoints,
+        ports: raw.ports.unwrap_or_default().into_iter().map(RawSlicePort::into_model).collect(),
+    });
+    Ok(())
+}
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Validated `policyTypes` / `types`: no duplicates.
 fn types(

@@ -9,5 +9,5 @@ mod load;
 pub mod model;
 mod raw;
 
-pub use load::{load, load_str, NAMESPACE_NAME_LABEL};
+pub use load::{load, load_str, NAMESPACE_NAME_LABEL, SERVICE_NAME_LABEL};
 pub use model::*;

@@ -52,6 +52,10 @@ pub struct Cluster {
     pub tiers: Vec<Tier>,
     /// Calico NetworkSet (`namespace: Some`) and GlobalNetworkSet (`namespace: None`).
     pub network_sets: Vec<NetworkSet>,
+    /// v1 Services with a cluster IP (headless and ExternalName ones are left out, with a note).
+    pub services: Vec<Service>,
+    /// discovery.k8s.io/v1 EndpointSlices of IPv4/IPv6 addresses (FQDN ones are left out).
+    pub endpoint_slices: Vec<EndpointSlice>,
     /// Informational: skipped documents/kinds, hostNetwork pods, implicit namespaces.
     pub notes: Vec<String>,
     /// Fields that were set but polc does not enforce (e.g. `doNotTrack`, `http`), with location.
@@ -447,4 +451,77 @@ pub struct NetworkSet {
     pub name: String,
     pub labels: Labels,
     pub nets: Vec<Cidr>,
+}
+
+/// A v1 Service that has a cluster IP: the frontends service NAT translates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub source: Source,
+    pub namespace: String,
+    pub name: String,
+    /// `spec.selector`: the pods that back it when no EndpointSlice names the service.
+    /// `None` when absent (the service's endpoints are managed by hand).
+    pub selector: Option<Labels>,
+    /// `spec.clusterIPs` (or `spec.clusterIP`), at most one per family, in order.
+    pub cluster_ips: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+    /// `sessionAffinity: ClientIP`: the timeout in seconds (default 10800); `None` otherwise.
+    pub affinity_timeout_s: Option<u32>,
+    /// `externalTrafficPolicy: Local` (recorded; polc translates cluster IPs only).
+    pub external_traffic_local: bool,
+}
+
+/// One `spec.ports[]` entry of a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    /// Required by the API server when the service has more than one port.
+    pub name: Option<String>,
+    /// Default TCP.
+    pub protocol: Protocol,
+    pub port: u16,
+    /// `targetPort`: the backend port; defaults to `port`.
+    pub target: TargetPort,
+}
+
+/// A Service's `targetPort`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    /// A container port name, looked up in each backing pod.
+    Named(String),
+}
+
+/// A discovery.k8s.io/v1 EndpointSlice with IPv4 or IPv6 addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSlice {
+    pub source: Source,
+    pub namespace: String,
+    pub name: String,
+    /// The `kubernetes.io/service-name` label: the service it belongs to.
+    pub service: Option<String>,
+    pub endpoints: Vec<SliceEndpoint>,
+    pub ports: Vec<SlicePort>,
+}
+
+/// One `endpoints[]` entry of an EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceEndpoint {
+    pub addresses: Vec<IpAddr>,
+    /// `conditions.ready`; absent means ready (as the API documents).
+    pub ready: bool,
+    /// `conditions.serving`; absent means the value of `ready`.
+    pub serving: bool,
+    /// `conditions.terminating`; absent means false.
+    pub terminating: bool,
+}
+
+/// One `ports[]` entry of an EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlicePort {
+    /// Matches the Service port of the same name ("" and absent are the same).
+    pub name: Option<String>,
+    /// Default TCP.
+    pub protocol: Protocol,
+    /// The backend port; absent means "all ports", which no ClusterIP port can use.
+    pub port: Option<u16>,
 }

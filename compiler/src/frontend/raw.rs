@@ -950,3 +950,139 @@ pub struct RawNetworkSetSpec {
     pub nets: Option<Vec<CidrField>>,
     pub allowed_egress_domains: Option<serde_yaml_ng::Value>,
 }
+
+// --- Services and EndpointSlices ----------------------------------------------------------------
+
+leaf!(
+/// A Service's `targetPort`: a number or a container port name.
+TargetPortField(TargetPort) from IntOrStr, |v| match v {
+    IntOrStr::Int(n) => port_number(n).map(TargetPort::Number),
+    IntOrStr::Str(s) if is_port_name(&s) => Ok(TargetPort::Named(s)),
+    IntOrStr::Str(s) => Err(format!(
+        "invalid targetPort {s:?}: a port name is 1-15 lower-case letters, digits and '-' with \
+         at least one letter (use a number without quotes for a numeric port)"
+    )),
+});
+
+leaf!(
+/// `sessionAffinityConfig.clientIP.timeoutSeconds`: 1..86400, as the API server checks.
+AffinityTimeout(u32) from i64, |v| match u32::try_from(v) {
+    Ok(s) if (1..=86_400).contains(&s) => Ok(s),
+    _ => Err(format!("invalid timeoutSeconds {v}: must be 1..86400")),
+});
+
+#[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
+pub struct RawService {
+    #[serde(default)]
+    pub spec: RawServiceSpec,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+#[serde(expecting = "a mapping")]
+pub struct RawServiceSpec {
+    #[serde(rename = "type")]
+    pub service_type: Option<String>,
+    #[serde(rename = "clusterIP")]
+    pub cluster_ip: Option<String>,
+    #[serde(rename = "clusterIPs")]
+    pub cluster_ips: Option<Vec<String>>,
+    pub selector: Option<Labels>,
+    pub ports: Option<Vec<RawServicePort>>,
+    pub session_affinity: Option<String>,
+    pub session_affinity_config: Option<RawAffinityConfig>,
+    pub external_traffic_policy: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[serde(expecting = "a mapping")]
+pub struct RawServicePort {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub protocol: Option<K8sProtocol>,
+    pub port: PortNumber,
+    #[serde(default)]
+    pub target_port: Option<TargetPortField>,
+}
+
+impl RawServicePort {
+    pub fn into_model(self) -> ServicePort {
+        ServicePort {
+            name: self.name.filter(|n| !n.is_empty()),
+            protocol: self.protocol.map_or(Protocol::TCP, |p| p.0),
+            port: self.port.0,
+            target: self.target_port.map_or(TargetPort::Number(self.port.0), |t| t.0),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+#[serde(expecting = "a mapping")]
+pub struct RawAffinityConfig {
+    #[serde(rename = "clientIP")]
+    pub client_ip: Option<RawClientIpConfig>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+#[serde(expecting = "a mapping")]
+pub struct RawClientIpConfig {
+    pub timeout_seconds: Option<AffinityTimeout>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[serde(expecting = "a mapping")]
+pub struct RawEndpointSlice {
+    #[serde(default)]
+    pub metadata: Meta,
+    /// IPv4, IPv6 or FQDN (required by the API).
+    pub address_type: String,
+    #[serde(default)]
+    pub endpoints: Option<Vec<RawSliceEndpoint>>,
+    #[serde(default)]
+    pub ports: Option<Vec<RawSlicePort>>,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
+pub struct RawSliceEndpoint {
+    /// Checked against `addressType` when the slice is converted.
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub conditions: RawSliceConditions,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+#[serde(expecting = "a mapping")]
+pub struct RawSliceConditions {
+    pub ready: Option<bool>,
+    pub serving: Option<bool>,
+    pub terminating: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
+pub struct RawSlicePort {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub protocol: Option<K8sProtocol>,
+    #[serde(default)]
+    pub port: Option<PortNumber>,
+}
+
+impl RawSlicePort {
+    pub fn into_model(self) -> SlicePort {
+        SlicePort {
+            name: self.name.filter(|n| !n.is_empty()),
+            protocol: self.protocol.map_or(Protocol::TCP, |p| p.0),
+            port: self.port.map(|p| p.0),
+        }
+    }
+}
