@@ -69,6 +69,14 @@ fn address_bytes(family: Family) -> u32 {
 }
 
 /// The maps of a program of `family`, sized for the given contents.
+/// Capacity for a map that holds `n` entries now: room to grow, rounded to a power of two,
+/// so that pod churn changes map contents but not map shapes, and the loader can update the
+/// live maps in place instead of loading a new generation (docs/loader.md).
+pub fn room_for(n: usize) -> u32 {
+    let want = n.saturating_add(n / 4).max(64);
+    u32::try_from(want.next_power_of_two()).unwrap_or(u32::MAX)
+}
+
 pub fn map_specs(
     family: Family,
     ipset_entries: usize,
@@ -104,7 +112,7 @@ pub fn map_specs(
             kind: MapKind::LpmTrie,
             key_size: ipset_key_size(family),
             value_size: 4,
-            max_entries: ipset_entries.max(1) as u32,
+            max_entries: room_for(ipset_entries),
             // LPM tries must be created with BPF_F_NO_PREALLOC.
             flags: 1,
         },
@@ -114,7 +122,7 @@ pub fn map_specs(
             kind: MapKind::Hash,
             key_size: NAMED_PORT_KEY_SIZE,
             value_size: 4,
-            max_entries: named_entries.max(1) as u32,
+            max_entries: room_for(named_entries),
             flags: 0,
         },
         MapSpec {

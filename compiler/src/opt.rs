@@ -561,7 +561,7 @@ fn generate_with(
             kind: MapKind::LpmTrie,
             key_size,
             value_size,
-            max_entries: entries.len().max(1) as u32,
+            max_entries: crate::codegen::room_for(entries.len()),
             flags: 1,
         };
         (spec, entries)
@@ -581,7 +581,7 @@ fn generate_with(
             kind: MapKind::Hash,
             key_size: 8,
             value_size: 8 * tiers as u32,
-            max_entries: entries.len().max(1) as u32,
+            max_entries: crate::codegen::room_for(entries.len()),
             flags: 0,
         };
         (spec, entries)

@@ -689,6 +689,7 @@ fn policy_is_enforced_swapped_under_a_live_connection_reported_and_detached() {
     });
     thread::sleep(Duration::from_millis(100));
     let report2 = attach(&topo, &v2);
+    assert_eq!(report2["in_place"], false, "v2 changes programs: a new generation");
     thread::sleep(Duration::from_millis(100));
     let _ = stop_tx.send(());
     let (rounds, mut live) = match talker.join().expect("talker") {
@@ -901,9 +902,12 @@ fn a_rejected_program_leaves_the_previous_policy_in_place() {
     bpffs::pin(std::os::fd::AsFd::as_fd(&dummy), &stale.join("rule_hits")).expect("pin");
 
     // Concurrent attaches serialise on the pin-path lock: both succeed, generations 2 and 3.
+    // (Distinct labels make each a new generation rather than an in-place update.)
     let mut handles = Vec::new();
-    for _ in 0..2 {
-        let (g, o, n) = (good.clone(), opts.clone(), node.clone());
+    for k in 0..2 {
+        let mut g = good.clone();
+        g.programs[0].label.push_str(&format!(" (variant {k})"));
+        let (o, n) = (opts.clone(), node.clone());
         handles.push(thread::spawn(move || in_netns(&n, move || dp::attach(&g, &o))));
     }
     let mut gens: Vec<u64> = handles
@@ -1346,4 +1350,109 @@ fn a_service_cluster_ip_reaches_its_backends_through_nat() {
     polc_ok(&topo.node, &["detach", "--pin-path", topo.pin()]);
     assert!(!topo.pin.exists(), "detach removes every pin, NAT maps included");
     assert!(backend_via(client, web).is_none(), "no NAT after detach");
+}
+
+// ------------------------------------------------------------------ pod churn in place
+
+/// The server accepts TCP 8080 from the client and from pods labelled `role: trusted`.
+const TRUSTED_POLICY: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: server-ingress, namespace: e2e}
+spec:
+  selector: app == 'server'
+  types: [Ingress]
+  ingress:
+  - action: Allow
+    protocol: TCP
+    source: {selector: app == 'client' || role == 'trusted'}
+    destination: {ports: [8080]}
+"#;
+
+/// `other` is a pod elsewhere (in the YAML, not an endpoint here). Labelling it trusted
+/// changes IP-set contents only: attach updates the live maps in place, loads nothing,
+/// keeps the generation and the program ids, and the new verdict holds at once.
+#[test]
+fn relabelling_a_pod_elsewhere_updates_maps_in_place() {
+    require_kernel!();
+    if !netns_ready() {
+        return;
+    }
+    let topo = Topology::new(&["client", "server", "other"]);
+    let (client, server, other) = (topo.pod("client"), topo.pod("server"), topo.pod("other"));
+    tcp_echo_server(server, 8080);
+    let dir = topo.files.clone();
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let file = dir.join("cluster.yaml");
+    let write = |trusted: bool| {
+        let mut pods = topo.pods_yaml();
+        if trusted {
+            pods = pods.replace("    app: other\n", "    app: other\n    role: trusted\n");
+        }
+        std::fs::write(&file, format!("{pods}---{TRUSTED_POLICY}")).expect("write");
+    };
+    let attach_two = || {
+        let f = file.display().to_string();
+        let eps =
+            [format!("e2e/client={}", client.ifname), format!("e2e/server={}", server.ifname)];
+        let out = polc_ok(
+            &topo.node,
+            &[
+                "attach",
+                "-f",
+                &f,
+                "--pin-path",
+                topo.pin(),
+                "--output",
+                "json",
+                "--endpoint",
+                &eps[0],
+                "--endpoint",
+                &eps[1],
+            ],
+        );
+        serde_json::from_str::<serde_json::Value>(&out).expect("attach json")
+    };
+    let program_ids = || {
+        let st = status(&topo);
+        let mut ids: Vec<u64> = Vec::new();
+        for e in st["endpoints"].as_array().expect("endpoints") {
+            for d in ["ingress", "egress"] {
+                ids.extend(e[d]["kernel"]["id"].as_u64());
+            }
+        }
+        ids
+    };
+
+    write(false);
+    let r1 = attach_two();
+    assert_eq!(r1["in_place"], false);
+    assert!(tcp_ok(client, server, 8080), "client allowed");
+    assert!(!tcp_ok(other, server, 8080), "other is not trusted yet");
+    let mut live = tcp_connect(client, server, 8080).expect("long-lived connection");
+    assert!(exchange(&mut live, b"before"));
+    let ids = program_ids();
+    assert_eq!(ids.len(), 4, "two endpoints, two directions");
+
+    write(true);
+    let r2 = attach_two();
+    assert_eq!(r2["in_place"], true, "{r2}");
+    assert_eq!(r2["generation"], r1["generation"], "{r2}");
+    assert_eq!(r2["programs_loaded"], 0, "{r2}");
+    assert!(r2["map_entries_changed"].as_u64().is_some_and(|n| n >= 1), "{r2}");
+    assert_eq!(program_ids(), ids, "the same programs enforce");
+    assert!(tcp_ok(other, server, 8080), "other is trusted now");
+    assert!(exchange(&mut live, b"after"), "the live connection never noticed");
+
+    // And back: the entry goes away again, still in place.
+    write(false);
+    let r3 = attach_two();
+    assert_eq!(r3["in_place"], true, "{r3}");
+    assert!(!tcp_ok(other, server, 8080), "other is not trusted any more");
+    // Nothing changed at all: in place with no entries to touch.
+    let r4 = attach_two();
+    assert_eq!(
+        (r4["in_place"].clone(), r4["map_entries_changed"].clone()),
+        (true.into(), 0.into())
+    );
 }

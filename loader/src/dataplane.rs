@@ -293,6 +293,12 @@ pub struct AttachReport {
     pub services: usize,
     /// Of those, the ones this call installed or changed (the rest were left untouched).
     pub services_changed: usize,
+    /// True when only map contents changed (e.g. pods elsewhere came, went or were
+    /// relabelled): the live programs stayed, their maps were updated entry by entry, and
+    /// the generation did not change.
+    pub in_place: bool,
+    /// Map entries added, changed or removed by an in-place update.
+    pub map_entries_changed: usize,
     /// Wall-clock time of the whole call, in microseconds.
     pub elapsed_us: u128,
 }
@@ -330,6 +336,10 @@ struct Meta {
     /// Installed service frontends (absent in records of older versions).
     #[serde(default)]
     services: Vec<MetaService>,
+    /// [`fingerprint`] of the description this generation was built from: equal means only
+    /// map contents (and services) differ, and the update can happen in place.
+    #[serde(default)]
+    fingerprint: Option<String>,
 }
 
 /// A frontend as installed: enough to tell whether a new description changes it.
@@ -460,8 +470,15 @@ fn write_meta(dir: &Path, meta: &Meta) -> Result<()> {
         value[..chunk.len()].copy_from_slice(chunk);
         sys::map_update(fd.as_fd(), &i.to_ne_bytes(), &value, UpdateFlags::Any)?;
     }
-    bpffs::pin(fd.as_fd(), &dir.join(META_PIN))?;
-    Ok(())
+    // Pinned under a temporary name and renamed over the old record (in-place updates
+    // rewrite it): readers see the old record or the new one, never none.
+    let tmp = dir.join(format!("{META_PIN}_new")); // bpffs names have no dots
+    let _ = bpffs::unpin(&tmp);
+    bpffs::pin(fd.as_fd(), &tmp)?;
+    std::fs::rename(&tmp, dir.join(META_PIN)).map_err(|e| {
+        let _ = bpffs::unpin(&tmp);
+        failed(format!("renaming {} into place: {e}", tmp.display()))
+    })
 }
 
 fn read_meta(dir: &Path) -> Result<Option<Meta>> {
@@ -636,6 +653,11 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
         None => None,
     };
     remove_stale_generations(pin, &rt, current, old.as_ref())?;
+    if let Some(old) = &old {
+        if let Some(report) = update_in_place(desired, old, pin, &rt, &ifindexes, started)? {
+            return Ok(report);
+        }
+    }
 
     let generation = current.map_or(1, |g| g + 1);
     let dir = gen_dir(pin, generation);
@@ -734,6 +756,7 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
         rules: desired.rules.clone(),
         links: links.clone(),
         services: nat.services.clone(),
+        fingerprint: Some(fingerprint(desired)),
     };
     if let Err(e) = write_meta(&dir, &meta) {
         for l in &new_links {
@@ -849,8 +872,183 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
         slots_freed,
         services: meta.services.len(),
         services_changed: nat.written.len(),
+        in_place: false,
+        map_entries_changed: 0,
         elapsed_us: started.elapsed().as_micros(),
     })
+}
+
+/// A digest of everything in `desired` except map contents, services and listings: equal
+/// digests mean the same programs (bytes and map bindings), map shapes, endpoints and rules.
+/// Two FNV-1a passes with different bases make a 128-bit digest (an accidental collision
+/// would reuse programs that differ; 2^-128 is not a risk worth a crypto dependency).
+fn fingerprint(d: &Desired) -> String {
+    let mut text: Vec<u8> = Vec::new();
+    let mut put = |b: &[u8]| {
+        text.extend_from_slice(&(b.len() as u64).to_le_bytes());
+        text.extend_from_slice(b);
+    };
+    for m in &d.maps {
+        put(m.name.as_bytes());
+        put(format!("{:?} {} {} {}", m.kind, m.key_size, m.value_size, m.max_entries).as_bytes());
+    }
+    for p in &d.programs {
+        put(p.label.as_bytes());
+        for part in &p.parts {
+            put(part);
+        }
+        put(format!("{:?} {:?}", p.maps, p.counters).as_bytes());
+    }
+    for e in &d.endpoints {
+        put(format!("{e:?}").as_bytes());
+    }
+    for r in &d.rules {
+        put(r.as_bytes());
+    }
+    let fnv = |basis: u64| {
+        text.iter().fold(basis, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+    };
+    format!("{:016x}{:016x}", fnv(0xcbf2_9ce4_8422_2325), fnv(0x6c62_272e_07bb_0142))
+}
+
+/// Every (key, value) of a hash or LPM map.
+fn map_entries(fd: BorrowedFd<'_>) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut prev: Option<Vec<u8>> = None;
+    while let Some(k) = sys::map_next_key(fd, prev.as_deref())? {
+        if let Some(v) = sys::map_lookup(fd, &k)? {
+            out.insert(k.clone(), v);
+        }
+        prev = Some(k);
+    }
+    Ok(out)
+}
+
+/// When `desired` differs from the live generation only in map contents (and services),
+/// updates the live maps entry by entry and keeps every program, slot and link: pod churn
+/// elsewhere in the cluster costs map updates, not program loads. Each entry changes
+/// atomically; a packet may see some entries old and some new while it runs, as with
+/// Calico's IP-set updates. `None` when the update needs a new generation.
+fn update_in_place(
+    desired: &Desired,
+    old: &Meta,
+    pin: &Path,
+    rt: &RuntimeFds,
+    ifindexes: &[u32],
+    started: Instant,
+) -> Result<Option<AttachReport>> {
+    if old.fingerprint.as_deref() != Some(fingerprint(desired).as_str())
+        || old.endpoints.len() != ifindexes.len()
+        || old.endpoints.iter().zip(ifindexes).any(|(e, &i)| e.ifindex != i)
+        || !old.links.iter().all(|l| live(pin, rt, l))
+    {
+        return Ok(None);
+    }
+    let dir = gen_dir(pin, old.generation);
+    // The diff per map, computed before anything changes.
+    let mut plans = Vec::new();
+    for m in &desired.maps {
+        if !matches!(m.kind, MapKind::Hash | MapKind::LpmTrie) {
+            continue; // rule-hit counters: runtime data, kept
+        }
+        let Some(fd) = bpffs::get_pinned(&dir.join(&m.name))? else { return Ok(None) };
+        let current = map_entries(fd.as_fd())?;
+        let want: BTreeMap<&[u8], &[u8]> =
+            m.entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+        let deletes: Vec<Vec<u8>> =
+            current.keys().filter(|k| !want.contains_key(k.as_slice())).cloned().collect();
+        let updates: Vec<(Vec<u8>, Vec<u8>)> = (want.iter())
+            .filter(|(k, v)| current.get(**k).map(Vec::as_slice) != Some(**v))
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect();
+        if !deletes.is_empty() || !updates.is_empty() {
+            plans.push((m.name.clone(), fd, current, deletes, updates));
+        }
+    }
+    let nat = prepare_services(desired, Some(old), rt)?;
+    // Deletes first: the map never needs room for old and new at once.
+    let mut changed = 0usize;
+    let mut failure = None;
+    'apply: for (name, fd, _, deletes, updates) in &plans {
+        for k in deletes {
+            if let Err(e) = sys::map_delete(fd.as_fd(), k) {
+                failure = Some(failed(format!("updating {name} in place: {e}")));
+                break 'apply;
+            }
+            changed += 1;
+        }
+        for (k, v) in updates {
+            if let Err(e) = sys::map_update(fd.as_fd(), k, v, UpdateFlags::Any) {
+                failure = Some(failed(format!("updating {name} in place: {e}")));
+                break 'apply;
+            }
+            changed += 1;
+        }
+    }
+    let mut frontends_switched = Vec::new();
+    if failure.is_none() {
+        failure = switch_frontends(rt, &nat.services, Some(old), &mut frontends_switched).err();
+    }
+    let mut meta = old.clone();
+    meta.services = nat.services.clone();
+    for (m, p) in meta.programs.iter_mut().zip(&desired.programs) {
+        m.listing = p.listing.clone();
+    }
+    if failure.is_none() {
+        failure = write_meta(&dir, &meta).err();
+    }
+    if let Some(e) = failure {
+        // Put every map back as it was, then the frontends.
+        for (_, fd, before, _, updates) in &plans {
+            for (k, _) in updates.iter().filter(|(k, _)| !before.contains_key(k)) {
+                let _ = sys::map_delete(fd.as_fd(), k);
+            }
+            for (k, v) in before {
+                let _ = sys::map_update(fd.as_fd(), k, v, UpdateFlags::Any);
+            }
+        }
+        for (key, prev) in frontends_switched.iter().rev() {
+            let _ = match prev {
+                Some(v) => sys::map_update(rt.nat_fe.as_fd(), key, v, UpdateFlags::Any),
+                None => sys::map_delete(rt.nat_fe.as_fd(), key).map(drop),
+            };
+        }
+        remove_backends(rt, &nat.written);
+        let _ = write_meta(&dir, old);
+        return Err(e);
+    }
+    let live_ids: BTreeSet<u32> = meta.services.iter().map(|s| s.service_id).collect();
+    let stale: Vec<(u32, u32)> = (old.services.iter())
+        .filter(|s| !live_ids.contains(&s.service_id))
+        .map(|s| (s.service_id, s.backends.len() as u32))
+        .collect();
+    remove_backends(rt, &stale);
+    let endpoints = (meta.endpoints.iter())
+        .map(|e| EndpointReport {
+            name: e.name.clone(),
+            ifname: e.ifname.clone(),
+            ifindex: e.ifindex,
+            endpoint_id: e.endpoint_id,
+            ingress_slot: slot_of(&meta, e.ingress),
+            egress_slot: slot_of(&meta, e.egress),
+            ingress_slot_v6: slot_of(&meta, e.ingress_v6),
+            egress_slot_v6: slot_of(&meta, e.egress_v6),
+        })
+        .collect();
+    Ok(Some(AttachReport {
+        generation: old.generation,
+        runtime_loaded: false,
+        programs_loaded: 0,
+        endpoints,
+        interfaces_attached: Vec::new(),
+        interfaces_detached: Vec::new(),
+        slots_freed: 0,
+        services: meta.services.len(),
+        services_changed: nat.written.len(),
+        in_place: true,
+        map_entries_changed: changed,
+        elapsed_us: started.elapsed().as_micros(),
+    }))
 }
 
 /// Service frontends as they will be after the switch, and the backends written for them.
