@@ -954,6 +954,8 @@ fn legacy_clsact_filters_enforce_and_detach_cleanly() {
     let out = polc_in(&topo.node, &["status", "--pin-path", topo.pin()]);
     assert_eq!(out.status.code(), Some(1), "nothing attached yet");
 
+    // Someone else's clsact qdisc on other's interface: polc uses it and must leave it.
+    run("tc", &["-n", &topo.node, "qdisc", "add", "dev", &other.ifname, "clsact"]);
     let mut args = vec![
         "attach".to_string(),
         "-f".into(),
@@ -999,6 +1001,14 @@ fn legacy_clsact_filters_enforce_and_detach_cleanly() {
             assert_eq!(filters(&p.ifname, hook).trim(), "", "{} {hook} filters left", p.ifname);
         }
     }
+    let qdiscs = |ifname: &str| {
+        let out = run("tc", &["-n", &topo.node, "qdisc", "show", "dev", ifname]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The clsact qdiscs polc added are gone; the one that was there before (other's) stays.
+    assert!(!qdiscs(&server.ifname).contains("clsact"), "{}", qdiscs(&server.ifname));
+    assert!(!qdiscs(&client.ifname).contains("clsact"), "{}", qdiscs(&client.ifname));
+    assert!(qdiscs(&other.ifname).contains("clsact"), "a qdisc polc did not add is kept");
     assert!(!topo.pin.exists());
     assert!(tcp_ok(other, server, 8080), "after detach: no policy");
 }

@@ -79,6 +79,7 @@ use polc_abi::{
 use serde::{Deserialize, Serialize};
 
 use crate::bpffs::{self, PinLock, ProgSummary, ATTACH_TCX_EGRESS, ATTACH_TCX_INGRESS};
+use crate::netlink;
 use crate::runtime::{Hook, Runtime, RuntimeConfig};
 use crate::sys::{self, BpfError, Fd, MapKind, MapSpec, UpdateFlags};
 
@@ -441,6 +442,10 @@ struct MetaLink {
     kind: LinkKind,
     /// Pin name under the pin path (TCX only).
     pin: Option<String>,
+    /// Legacy only: this attach added the interface's clsact qdisc, so detach removes it
+    /// again once no filter is left on it.
+    #[serde(default)]
+    added_clsact: bool,
 }
 
 const META_PIN: &str = "meta";
@@ -735,9 +740,7 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
                     links.push(l);
                 }
                 Err(e) => {
-                    for l in &new_links {
-                        let _ = detach_link(pin, l);
-                    }
+                    let _ = detach_links(pin, &new_links);
                     remove_backends(&rt, &nat.written);
                     remove_generation(&dir, &rt, Some(&built.slots));
                     return Err(e);
@@ -759,9 +762,7 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
         fingerprint: Some(fingerprint(desired)),
     };
     if let Err(e) = write_meta(&dir, &meta) {
-        for l in &new_links {
-            let _ = detach_link(pin, l);
-        }
+        let _ = detach_links(pin, &new_links);
         remove_backends(&rt, &nat.written);
         remove_generation(&dir, &rt, Some(&built.slots));
         return Err(e);
@@ -811,9 +812,7 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
                 None => sys::map_delete(rt.ep.as_fd(), &k).map(drop),
             };
         }
-        for l in &new_links {
-            let _ = detach_link(pin, l);
-        }
+        let _ = detach_links(pin, &new_links);
         remove_generation(&dir, &rt, Some(&built.slots));
         return Err(e);
     }
@@ -825,9 +824,9 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
             if meta.endpoints.iter().any(|e| e.ifindex == ep.ifindex) {
                 continue;
             }
-            for l in old.links.iter().filter(|l| l.ifindex == ep.ifindex) {
-                detach_link(pin, l)?;
-            }
+            let gone: Vec<MetaLink> =
+                old.links.iter().filter(|l| l.ifindex == ep.ifindex).cloned().collect();
+            detach_links(pin, &gone)?;
             sys::map_delete(rt.ep.as_fd(), &ep.ifindex.to_ne_bytes())?;
             interfaces_detached.push(ep.ifname.clone());
         }
@@ -1480,6 +1479,7 @@ fn attach_hook(
                     hook,
                     kind: LinkKind::Tcx,
                     pin: Some(name),
+                    added_clsact: false,
                 });
             }
             Err(e) if mode == TcMode::Tcx || e.errno() != Some(libc::EINVAL) => {
@@ -1490,14 +1490,12 @@ fn attach_hook(
     }
     let mut cls = SchedClassifier::from_pin(pin.join(hook.program()))
         .map_err(|e| failed(format!("opening {}: {e}", hook.program())))?;
-    if let Err(e) = tc::qdisc_add_clsact(ifname) {
+    let added_clsact = match tc::qdisc_add_clsact(ifname) {
+        Ok(()) => true,
         // EEXIST: the qdisc is already there (ours or someone else's); keep it.
-        let exists =
-            matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
-        if !exists {
-            return Err(failed(format!("adding clsact to {ifname}: {e}")));
-        }
-    }
+        Err(tc::TcError::NetlinkError(n)) if n.raw_os_error() == Some(libc::EEXIST) => false,
+        Err(e) => return Err(failed(format!("adding clsact to {ifname}: {e}"))),
+    };
     let id = cls
         .attach_with_options(
             ifname,
@@ -1508,7 +1506,38 @@ fn attach_hook(
     let link = cls.take_link(id).map_err(|e| failed(format!("{ifname}: {e}")))?;
     // The filter stays after this process; dropping the handle would remove it.
     std::mem::forget(link);
-    Ok(MetaLink { ifname: ifname.to_string(), ifindex, hook, kind: LinkKind::Legacy, pin: None })
+    Ok(MetaLink {
+        ifname: ifname.to_string(),
+        ifindex,
+        hook,
+        kind: LinkKind::Legacy,
+        pin: None,
+        added_clsact,
+    })
+}
+
+/// Detaches `links`, then removes each clsact qdisc one of them added, if no filter (ours or
+/// anyone else's) is left on it and the interface is still the one it was.
+fn detach_links(pin: &Path, links: &[MetaLink]) -> Result<()> {
+    for l in links {
+        detach_link(pin, l)?;
+    }
+    let added: BTreeSet<(u32, &str)> = (links.iter())
+        .filter(|l| l.kind == LinkKind::Legacy && l.added_clsact)
+        .map(|l| (l.ifindex, l.ifname.as_str()))
+        .collect();
+    for (ifindex, ifname) in added {
+        if !bpffs::ifindex(ifname).is_ok_and(|i| i == ifindex) {
+            continue;
+        }
+        let filters = netlink::clsact_filters(ifindex)
+            .map_err(|e| failed(format!("listing tc filters of {ifname}: {e}")))?;
+        if filters == 0 {
+            netlink::delete_clsact(ifindex)
+                .map_err(|e| failed(format!("deleting the clsact qdisc of {ifname}: {e}")))?;
+        }
+    }
+    Ok(())
 }
 
 fn detach_link(pin: &Path, l: &MetaLink) -> Result<()> {
@@ -1570,8 +1599,8 @@ pub fn detach(pin_path: &Path) -> Result<DetachReport> {
         None => None,
     };
     if let Some(meta) = &meta {
+        detach_links(pin_path, &meta.links)?;
         for l in &meta.links {
-            detach_link(pin_path, l)?;
             report.hooks.push(format!("{}/{}", l.ifname, l.hook.as_str()));
         }
     }
@@ -1774,12 +1803,7 @@ pub fn status(pin_path: &Path) -> Result<Status> {
         });
     }
 
-    let mut entries = 0u64;
-    let mut prev: Option<Vec<u8>> = None;
-    while let Some(k) = sys::map_next_key(rt.ct.as_fd(), prev.as_deref())? {
-        entries += 1;
-        prev = Some(k);
-    }
+    let entries = sys::map_count(rt.ct.as_fd())?;
     let ct_info = sys::map_info(rt.ct.as_fd())?;
     let mut drops = BTreeMap::new();
     for reason in 0..drop_reason::COUNT {

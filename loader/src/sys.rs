@@ -691,6 +691,67 @@ pub fn map_next_key(map: BorrowedFd<'_>, key: Option<&[u8]>) -> Result<Option<Ve
     }
 }
 
+/// `bpf_attr` for the `BPF_MAP_*_BATCH` commands.
+#[repr(C)]
+#[derive(Default)]
+struct MapBatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Number of entries in a (non-per-CPU) hash map. `BPF_MAP_LOOKUP_BATCH` reads them 4096
+/// at a time (one syscall per batch instead of one per key); maps without batch support
+/// are walked with `BPF_MAP_GET_NEXT_KEY`.
+pub fn map_count(map: BorrowedFd<'_>) -> Result<u64, BpfError> {
+    const MAP_LOOKUP_BATCH: i64 = 24;
+    const BATCH: u32 = 4096;
+    let info = map_info(map)?;
+    let mut keys = vec![0u8; info.key_size as usize * BATCH as usize];
+    let mut values = vec![0u8; info.value_size as usize * BATCH as usize];
+    // The batch cursor is opaque (a bucket index for hash maps): room for a key is plenty.
+    let mut cursor_in = vec![0u8; (info.key_size as usize).max(8)];
+    let mut cursor_out = cursor_in.clone();
+    let mut total = 0u64;
+    let mut first = true;
+    loop {
+        let mut attr = MapBatchAttr {
+            in_batch: if first { 0 } else { ptr(cursor_in.as_ptr()) },
+            out_batch: ptr(cursor_out.as_mut_ptr()),
+            keys: ptr(keys.as_mut_ptr()),
+            values: ptr(values.as_mut_ptr()),
+            count: BATCH,
+            map_fd: fd_u32(map),
+            ..Default::default()
+        };
+        // SAFETY: the buffers hold `count` keys and values and a cursor each.
+        match unsafe { bpf(MAP_LOOKUP_BATCH, &mut attr) } {
+            Ok(_) => total += u64::from(attr.count),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Ok(total + u64::from(attr.count))
+            }
+            Err(e) if first && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP)) => {
+                break;
+            }
+            Err(source) => return Err(BpfError::Syscall { op: "BPF_MAP_LOOKUP_BATCH", source }),
+        }
+        first = false;
+        std::mem::swap(&mut cursor_in, &mut cursor_out);
+    }
+    let mut n = 0u64;
+    let mut prev: Option<Vec<u8>> = None;
+    while let Some(k) = map_next_key(map, prev.as_deref())? {
+        n += 1;
+        prev = Some(k);
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -167,3 +167,25 @@ fn ipv4_udp_packet() -> Vec<u8> {
     p.extend_from_slice(&[0u8; 8]);
     p
 }
+
+#[test]
+fn map_count_reads_batches_and_falls_back_to_key_walks() {
+    require_kernel!();
+    // 10,000 entries: three batches of the hash map's batch lookup.
+    let map = sys::map_create(&spec(MapKind::Hash, 4, 8, 16_384)).unwrap();
+    assert_eq!(sys::map_count(map.as_fd()).unwrap(), 0);
+    for k in 0u32..10_000 {
+        sys::map_update(map.as_fd(), &k.to_ne_bytes(), &[0; 8], UpdateFlags::Any).unwrap();
+    }
+    assert_eq!(sys::map_count(map.as_fd()).unwrap(), 10_000);
+    sys::map_delete(map.as_fd(), &77u32.to_ne_bytes()).unwrap();
+    assert_eq!(sys::map_count(map.as_fd()).unwrap(), 9_999);
+    // LPM tries have no batch lookup: the count walks the keys.
+    let lpm = sys::map_create(&spec(MapKind::LpmTrie, 8, 4, 64)).unwrap();
+    for last in 0u8..5 {
+        let mut key = 32u32.to_ne_bytes().to_vec();
+        key.extend_from_slice(&[10, 0, 0, last]);
+        sys::map_update(lpm.as_fd(), &key, &[1, 0, 0, 0], UpdateFlags::Any).unwrap();
+    }
+    assert_eq!(sys::map_count(lpm.as_fd()).unwrap(), 5);
+}
