@@ -10,6 +10,10 @@
 use std::os::fd::{AsFd, AsRawFd};
 
 use polc::asm::{helper, AluOp, Asm, Cond, Insn, Reg, Size};
+use polc::codegen::map;
+use polc::compile::{compile_ir_with, Compiled, Options};
+use polc::engine::patch_map_handles;
+use polc::synth;
 use polc_abi::{
     ct_approved, ct_state, ct_timeout, direction, drop_reason, family, stage, verdict, CtEntry,
     CtKey, Endpoint, FlowState, RULE_ID_NONE, SLOT_EPILOGUE, SLOT_NONE, TC_ACT_OK, TC_ACT_SHOT,
@@ -756,8 +760,8 @@ fn established_flows_take_the_fast_path_and_follow_the_tcp_lifecycle() {
     // From now on no policy program exists: everything below is the fast path.
     assert!(f.rt.clear_slot(EGRESS_SLOT).unwrap());
     let seen = f.ct(&key).unwrap().last_seen_ns;
-    // Conntrack runs on the coarse clock (one tick, at most 4 ms): let it advance.
-    std::thread::sleep(std::time::Duration::from_millis(10));
+    // The conntrack clock counts kernel ticks (at most 10 ms, HZ=100): let it advance.
+    std::thread::sleep(std::time::Duration::from_millis(25));
     assert_eq!(f.run(Hook::FromEndpoint, &ipv4(A4, B4, TCP, &tcp(40000, 443, SYN))), TC_ACT_OK);
     assert!(f.ct(&key).unwrap().last_seen_ns > seen, "a hit refreshes last_seen");
     // The reply arrives at the pod's to-endpoint hook: allowed as a reply, no policy.
@@ -817,6 +821,31 @@ fn both_hooks_of_a_local_flow_decide_once_each() {
     assert_eq!(f.run(Hook::ToEndpoint, &syn), TC_ACT_OK);
     assert_eq!(f.policy_runs(), 3);
     assert_eq!(f.ct(&key).unwrap().state, ct_state::SYN_RECV);
+}
+
+/// The conntrack clock (jiffies x the tick length the loader measured) runs at real
+/// time: a wrong tick length would scale every timeout.
+#[test]
+fn the_conntrack_clock_runs_at_real_time() {
+    require_kernel!();
+    let mut f = Fixture::new(&small_config());
+    f.policy(EGRESS_SLOT, verdict::ALLOW, 1);
+    let dns = ipv4(A4, B4, UDP, &udp(5000, 53, b"q"));
+    let key = key4(UDP, A4, 5000, B4, 53);
+    let start = std::time::Instant::now();
+    assert_eq!(f.run(Hook::FromEndpoint, &dns), TC_ACT_OK);
+    let first = f.ct(&key).expect("entry").last_seen_ns;
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(f.run(Hook::FromEndpoint, &dns), TC_ACT_OK);
+    let elapsed = start.elapsed().as_nanos() as u64;
+    let advanced = f.ct(&key).expect("entry").last_seen_ns.wrapping_sub(first);
+    assert_eq!(f.policy_runs(), 1, "the second packet was a hit");
+    // Jiffies lag and catch up by a tick or two (at most 10 ms each) against real time;
+    // a wrong tick length (HZ 250 taken for 300, say) is off by 33 ms or more.
+    assert!(
+        (180_000_000..=elapsed + 20_000_000).contains(&advanced),
+        "the clock advanced {advanced} ns over {elapsed} ns of real time (200 ms asleep)"
+    );
 }
 
 #[test]
@@ -897,8 +926,9 @@ fn icmp_echo_is_tracked_by_identifier() {
 // ---------------------------------------------------------------- benchmark
 
 /// Kernel-measured ns/run (median of 5 runs of `repeat`) of an empty tc program, the
-/// established fast path, and the first packet (miss + 10-rule policy + epilogue with a
-/// conntrack insert, forced by a zero SYN timeout). Prints; asserts only return codes.
+/// established fast path, the first packet (miss + 10-rule policy + epilogue with a
+/// conntrack insert, forced by a zero SYN timeout), and the floor of a one-lookup fast path
+/// (a program doing one hash-map hit and nothing else). Prints; asserts only return codes.
 #[test]
 #[ignore = "benchmark: cargo test -p polc --release --test runtime_fastpath -- --ignored --nocapture"]
 fn bench_fast_path_vs_empty_program() {
@@ -942,10 +972,213 @@ fn bench_fast_path_vs_empty_program() {
     assert!(g.policy_runs() >= u64::from(REPEAT), "every run went through policy");
     g._progs.push(prog2);
     f._progs.push(prog);
+    // The floor of any one-lookup fast path: a program that does nothing but one hash-map
+    // lookup (a hit) with the conntrack key's size, and with a compact IPv4 key's.
+    let lookup_ns = |key_size: u32| {
+        let map = sys::map_create(&MapSpec {
+            kind: MapKind::Hash,
+            name: "polc_t_floor",
+            key_size,
+            value_size: 48,
+            max_entries: 4096,
+        })
+        .expect("hash map");
+        let key = vec![0u8; key_size as usize];
+        sys::map_update(map.as_fd(), &key, &[0u8; 48], sys::UpdateFlags::Any).expect("entry");
+        let mut a = Asm::new();
+        for off in (0..key_size).step_by(8) {
+            a.push(Insn::st(Size::DW, Reg::FP, -(key_size as i16) + off as i16, 0));
+        }
+        a.push(Insn::ld_map_fd(Reg::R1, map.raw() as u32));
+        a.push(Insn::mov64(Reg::R2, Reg::FP));
+        a.push(Insn::alu64(AluOp::Add, Reg::R2, -(key_size as i32)));
+        a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
+        a.push(Insn::mov64(Reg::R0, 0));
+        a.push(Insn::exit());
+        let code = a.assemble().expect("assembles").try_to_bytes().expect("encodes");
+        let prog = sys::prog_load("polc_t_floor", &code).expect("floor program");
+        median(prog.as_fd(), &ack, &ctx, 0)
+    };
+    let (floor40, floor16) = (lookup_ns(40), lookup_ns(16));
     eprintln!(
         "BPF_PROG_TEST_RUN, {REPEAT} runs x5, median ns/run: empty tc program {empty_ns}, \
          established fast path {fast_ns} ({:.2}x), first packet with a 10-rule policy \
-         {first_ns}",
-        f64::from(fast_ns) / f64::from(empty_ns.max(1))
+         {first_ns}; floor: one hash lookup alone, 40-byte key {floor40} ({:.2}x), 16-byte \
+         key {floor16} ({:.2}x)",
+        f64::from(fast_ns) / f64::from(empty_ns.max(1)),
+        f64::from(floor40) / f64::from(empty_ns.max(1)),
+        f64::from(floor16) / f64::from(empty_ns.max(1)),
     );
+}
+
+/// A program compiled by polc, loaded against the runtime's state and jump maps (as the
+/// loader does): part 0 and everything that must stay open while it runs.
+struct LoadedPolicy {
+    entry: Fd,
+    _keep: Vec<Fd>,
+}
+
+/// Loads program `index` of `compiled` with its own maps created and filled (IP sets,
+/// named ports, counters, -O2 class tables, the parts array of a split -O0 program) and
+/// `POLC_STATE`/`POLC_JUMP` taken from `rt`.
+fn load_policy(rt: &Runtime, compiled: &Compiled, index: usize) -> LoadedPolicy {
+    let p = &compiled.programs[index];
+    let mut maps: Vec<(u32, Fd)> = Vec::new();
+    for spec in compiled.program_map_specs(p) {
+        if spec.handle == map::STATE || spec.handle == map::JUMP {
+            continue;
+        }
+        let fd = sys::map_create(&MapSpec {
+            kind: spec.kind,
+            name: &spec.name,
+            key_size: spec.key_size,
+            value_size: spec.value_size,
+            max_entries: spec.max_entries,
+        })
+        .unwrap_or_else(|e| panic!("map {}: {e}", spec.name));
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = match spec.handle {
+            map::IPSETS => {
+                compiled.ipset_entries.get(&p.family.number()).cloned().unwrap_or_default()
+            }
+            map::NAMED_PORTS => compiled.named_port_entries.clone(),
+            h => p
+                .local_maps
+                .iter()
+                .filter(|m| m.spec.handle == h)
+                .flat_map(|m| m.entries.clone())
+                .collect(),
+        };
+        for (k, v) in &entries {
+            sys::map_update(fd.as_fd(), k, v, sys::UpdateFlags::Any).expect("fill map");
+        }
+        maps.push((spec.handle, fd));
+    }
+    let state = rt.state_map_fd().expect("state map").as_raw_fd() as u32;
+    let jump = rt.jump_map_fd().expect("jump map").as_raw_fd() as u32;
+    let mut parts = Vec::new();
+    for (k, part) in p.parts.iter().enumerate() {
+        let bytes = patch_map_handles(part, |h| match h {
+            map::STATE => Some(state),
+            map::JUMP => Some(jump),
+            h => maps.iter().find(|(mh, _)| *mh == h).map(|(_, fd)| fd.raw() as u32),
+        })
+        .expect("patch map handles");
+        let fd =
+            sys::prog_load("polc_t_compiled", &bytes).unwrap_or_else(|e| panic!("part {k}: {e}"));
+        if let Some((_, parts_map)) = maps.iter().find(|(h, _)| *h == map::PARTS) {
+            sys::prog_array_set(parts_map.as_fd(), k as u32, fd.as_fd()).expect("parts array");
+        }
+        parts.push(fd);
+    }
+    let entry = parts.remove(0);
+    LoadedPolicy {
+        entry,
+        _keep: parts.into_iter().chain(maps.into_iter().map(|(_, fd)| fd)).collect(),
+    }
+}
+
+/// Median of 5 kernel-timed runs of `repeat`, the repeat count chosen so one run of the
+/// slowest programs (-O0, 10k rules) stays near 0.3 s. Returns (ns, repeat, retval).
+fn first_packet_ns(prog: std::os::fd::BorrowedFd<'_>, data: &[u8], ctx: &[u8]) -> (u32, u32, i32) {
+    let probe = TestRun { data, ctx: Some(ctx), repeat: 100 };
+    let per_run = sys::prog_test_run(prog, &probe).expect("test run").duration_ns.max(1);
+    let repeat = (300_000_000 / per_run).clamp(10_000, 1_000_000);
+    let mut retval = 0;
+    let mut ns: Vec<u32> = (0..5)
+        .map(|_| {
+            let out = sys::prog_test_run(prog, &TestRun { data, ctx: Some(ctx), repeat })
+                .expect("test run");
+            retval = out.retval as i32;
+            out.duration_ns
+        })
+        .collect();
+    ns.sort_unstable();
+    (ns[2], repeat, retval)
+}
+
+/// First packet through the whole runtime with policies compiled by polc: conntrack miss
+/// (every timeout 0, so each run misses), endpoint lookup, tail call into the compiled
+/// ingress program of `polc synth`'s target pod (its parts too, for a split -O0 program),
+/// epilogue (a conntrack write on allow). 10 and 10,000 rules, at -O2 and -O0; the four
+/// flows of `polc bench`; at both hooks. Prints; asserts that policy ran for every packet
+/// and that both hooks reached the same verdict.
+#[test]
+#[ignore = "benchmark: cargo test -p polc --release --test runtime_fastpath -- --ignored --nocapture"]
+fn bench_first_packet_with_compiled_policies() {
+    require_kernel!();
+    let target: [u8; 4] = synth::TARGET_IP.parse::<std::net::Ipv4Addr>().expect("ip").octets();
+    let flows: [(&str, u16, Vec<u8>); 4] = [
+        ("pod TCP 8080", 8080, ipv4([10, 200, 1, 1], target, TCP, &tcp(40000, 8080, SYN))),
+        ("pod UDP 5353", 5353, ipv4([10, 200, 1, 7], target, UDP, &udp(40001, 5353, b"q"))),
+        ("CIDR TCP 3050", 3050, ipv4([172, 16, 5, 9], target, TCP, &tcp(40002, 3050, SYN))),
+        ("unknown SCTP 99", 99, ipv4([10, 9, 9, 9], target, SCTP, &sctp(40003, 99))),
+    ];
+    let empty =
+        sys::prog_load("polc_t_empty", &[0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])
+            .expect("empty program");
+    let ctx = skb_ctx(IFINDEX);
+    let (empty_ns, _, _) = first_packet_ns(empty.as_fd(), &flows[0].2, &ctx);
+    eprintln!(
+        "first packet (miss + compiled ingress policy + epilogue), ns/run at the to-endpoint / \
+         from-endpoint hook, median of 5; empty tc program {empty_ns}"
+    );
+    for rules in [10usize, 10_000] {
+        let yaml = synth::cluster_yaml(synth::Spec { rules, pods: 50, seed: 42 });
+        let cluster = polc::frontend::load_str("synth.yaml", &yaml).expect("synthetic cluster");
+        let ir = polc::lower::lower(&cluster);
+        for opt_level in [2u8, 0] {
+            let compiled = compile_ir_with(ir.clone(), Options { opt_level, ..Options::default() })
+                .expect("compiles");
+            let index = compiled
+                .programs
+                .iter()
+                .position(|p| {
+                    p.direction == polc_ir::Direction::Ingress
+                        && p.endpoints.iter().any(|e| e == synth::TARGET)
+                })
+                .expect("the target's ingress program");
+            let p = &compiled.programs[index];
+            let mut f = Fixture::new(&RuntimeConfig {
+                ct_max_entries: 4096,
+                ct_timeouts_ns: [0; ct_timeout::COUNT],
+            });
+            let policy = load_policy(&f.rt, &compiled, index);
+            f.rt.set_slot(INGRESS_SLOT, policy.entry.as_fd()).expect("slot");
+            // The same program in the egress slot too (generated programs read neither the
+            // direction nor the endpoint): the from-endpoint hook's miss path adds the
+            // service frontend lookup (a miss: no services here).
+            f.rt.set_slot(EGRESS_SLOT, policy.entry.as_fd()).expect("slot");
+            let mut cells = Vec::new();
+            for (name, dport, packet) in &flows {
+                let mut hooks = Vec::new();
+                let mut verdicts = Vec::new();
+                for hook in [Hook::ToEndpoint, Hook::FromEndpoint] {
+                    let (ns, repeat, retval) =
+                        first_packet_ns(f.rt.hook_fd(hook).unwrap(), packet, &ctx);
+                    let st = f.last_state();
+                    // The miss filled the state with this flow; its policy reached the epilogue.
+                    assert_eq!((st.dst_port, st.stage), (*dport, stage::EPILOGUE), "{name}");
+                    hooks.push(format!("{ns}"));
+                    verdicts.push((if retval == TC_ACT_OK { "allow" } else { "deny" }, repeat));
+                }
+                assert_eq!(verdicts[0].0, verdicts[1].0, "{name}: both hooks decide alike");
+                cells.push(format!(
+                    "{name}: {} ({}, x{})",
+                    hooks.join("/"),
+                    verdicts[0].0,
+                    verdicts[0].1
+                ));
+            }
+            f._progs.push(policy.entry);
+            eprintln!(
+                "{rules:>6} rules -O{opt_level} (generated at -O{}, {} parts, {} insns, worst case {} insns / {} lookups): {}",
+                p.opt_level,
+                p.parts.len(),
+                p.insns(),
+                p.worst_case.insns,
+                p.worst_case.map_lookups,
+                cells.join(", ")
+            );
+        }
+    }
 }

@@ -15,8 +15,9 @@ use polc_abi::{
     ct_timeout, drop_reason, CtEntry, CtKey, Endpoint, FlowState, NatAffinity, NatAffinityKey,
     NatBackend, NatBackendKey, NatFrontendKey, NatService, CT_DEFAULT_ENTRIES,
     CT_DEFAULT_TIMEOUTS_NS, CT_ENTRY_SIZE, CT_KEY_SIZE, FLOW_STATE_SIZE, GLOBAL_CT_TIMEOUTS,
-    MAP_CT, MAP_DROPS, MAP_EP, MAP_JUMP, MAP_NAT_AFF, MAP_NAT_BE, MAP_NAT_FE, MAP_STATE,
-    NAT_AFFINITY_SIZE, PROG_EPILOGUE, PROG_FROM_EP, PROG_TO_EP, SLOT_EPILOGUE, STATE_KEY,
+    GLOBAL_NS_PER_JIFFY, MAP_CT, MAP_DROPS, MAP_EP, MAP_JUMP, MAP_NAT_AFF, MAP_NAT_BE, MAP_NAT_FE,
+    MAP_STATE, NAT_AFFINITY_SIZE, PROG_EPILOGUE, PROG_FROM_EP, PROG_TO_EP, SLOT_EPILOGUE,
+    STATE_KEY,
 };
 
 use crate::sys::{self, BpfError, TestRun, TestRunOutput, UpdateFlags};
@@ -103,6 +104,7 @@ impl Runtime {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_CT, config.ct_max_entries)
             .override_global(GLOBAL_CT_TIMEOUTS, &config.ct_timeouts_ns, true)
+            .override_global(GLOBAL_NS_PER_JIFFY, &ns_per_jiffy()?, true)
             .load(RUNTIME_OBJECT)
             .map_err(|e| RuntimeError::Load(e.to_string()))?;
         for name in PROGRAMS {
@@ -387,6 +389,63 @@ impl Runtime {
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
+}
+
+/// The running kernel's tick length in ns (1e9 / CONFIG_HZ), measured once per process:
+/// the runtime's conntrack clock counts jiffies (`bpf_jiffies64`, inlined by the JIT, where
+/// the clock helpers are calls costing 16-34 ns per packet), and CONFIG_HZ is not exposed
+/// to userspace reliably. Takes about 100 ms.
+fn ns_per_jiffy() -> Result<u64, RuntimeError> {
+    static MEASURED: std::sync::OnceLock<Result<u64, String>> = std::sync::OnceLock::new();
+    MEASURED.get_or_init(measure_ns_per_jiffy).clone().map_err(RuntimeError::Load)
+}
+
+/// The CONFIG_HZ choices of the kernel's Kconfig.hz (x86, arm64, riscv, powerpc, s390).
+const KNOWN_HZ: [u64; 4] = [100, 250, 300, 1000];
+
+fn measure_ns_per_jiffy() -> Result<u64, String> {
+    use std::time::{Duration, Instant};
+    // r0 = bpf_jiffies64(); exit: the test run's return value is the low 32 bits.
+    const PROG: [u8; 16] = [0x85, 0, 0, 0, 118, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
+    let prog = sys::prog_load("polc_jiffies", &PROG).map_err(|e| format!("tick probe: {e}"))?;
+    let packet = [0u8; 14];
+    let jiffies = || -> Result<u32, String> {
+        let run = TestRun { data: &packet, ctx: None, repeat: 1 };
+        Ok(sys::prog_test_run(prog.as_fd(), &run).map_err(|e| format!("tick probe: {e}"))?.retval)
+    };
+    // The moment jiffies next changes (this thread keeps its CPU busy, so the tick runs).
+    let edge = || -> Result<(u32, Instant), String> {
+        let (start, deadline) = (jiffies()?, Instant::now() + Duration::from_millis(500));
+        loop {
+            let j = jiffies()?;
+            if j != start {
+                return Ok((j, Instant::now()));
+            }
+            if Instant::now() > deadline {
+                return Err("tick probe: jiffies did not advance in 500 ms".into());
+            }
+        }
+    };
+    let (j0, t0) = edge()?;
+    std::thread::sleep(Duration::from_millis(100));
+    let (j1, t1) = edge()?;
+    let ticks = u128::from(j1.wrapping_sub(j0));
+    let elapsed = t1.duration_since(t0).as_nanos().max(1);
+    // Ticks arrive late and catch up (idle CPUs, VMs: +-1-2 ticks over 100 ms here), so the
+    // rate is only approximate: snap it to the nearest known CONFIG_HZ within 12%.
+    let rate = (ticks * 1_000_000_000 + elapsed / 2) / elapsed;
+    let rate = u64::try_from(rate).unwrap_or(u64::MAX);
+    let hz = KNOWN_HZ
+        .into_iter()
+        .min_by_key(|&hz| rate.abs_diff(hz).saturating_mul(1000) / hz)
+        .filter(|&hz| rate.abs_diff(hz).saturating_mul(100) <= hz * 12)
+        .unwrap_or(rate);
+    if !(10..=10_000).contains(&hz) {
+        return Err(format!(
+            "tick probe: implausible CONFIG_HZ {hz} ({ticks} ticks in {elapsed} ns)"
+        ));
+    }
+    Ok((1_000_000_000 + hz / 2) / hz)
 }
 
 fn ct_entry_bytes(v: &[u8]) -> Result<[u8; CT_ENTRY_SIZE], BpfError> {

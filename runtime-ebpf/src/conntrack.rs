@@ -49,8 +49,8 @@ fn timeout_ns(protocol: u8, state: u8) -> u64 {
 /// Whether `e` may be used for a packet with `flags` (TCP) at time `now`: not expired, and
 /// not a fresh SYN reusing the tuple of a closed connection (that one is a new connection
 /// and goes through policy again). An entry as old as its timeout is expired, so a timeout
-/// of 0 makes every packet of that state a miss (the coarse clock often reads the same
-/// value twice).
+/// of 0 makes every packet of that state a miss (the clock often reads the same value
+/// twice).
 #[inline(always)]
 pub fn usable(e: &CtEntry, protocol: u8, flags: u8, now: u64) -> bool {
     if now.wrapping_sub(e.last_seen_ns) >= timeout_ns(protocol, e.state) {
@@ -130,15 +130,24 @@ pub fn one_sided_next_state(state: u8, flags: u8) -> u8 {
     }
 }
 
-/// The conntrack clock: CLOCK_MONOTONIC_COARSE in ns (`bpf_ktime_get_coarse_ns`, one tick
-/// of resolution, 1-4 ms). The precise `bpf_ktime_get_ns` costs about 20 ns per packet
-/// here, a third of the fast path; timeouts are seconds. Every reader and writer of
-/// `CtEntry::last_seen_ns` uses this one function: the coarse clock lags the precise one,
-/// so mixing them would make fresh entries look older than they are, or from the future.
+/// Length of one jiffy in ns (1e9 / CONFIG_HZ). Read-only data the loader sets at load
+/// time (it measures the running kernel's tick; [`polc_abi::GLOBAL_NS_PER_JIFFY`]).
+#[no_mangle]
+static POLC_NS_PER_JIFFY: u64 = polc_abi::DEFAULT_NS_PER_JIFFY;
+
+/// The conntrack clock in ns, one kernel tick (1-10 ms) of resolution: `jiffies_64` times
+/// the tick length. `bpf_jiffies64` is inlined by the JIT (a memory load), while the
+/// clock helpers are real calls: `bpf_ktime_get_coarse_ns` cost 16-18 ns per packet here
+/// (a fifth of the fast path), `bpf_ktime_get_ns` 34; timeouts are seconds. Every reader
+/// and writer of `CtEntry::last_seen_ns` and `NatAffinity::last_seen_ns` uses this one
+/// function.
 #[inline(always)]
 pub fn now_ns() -> u64 {
+    // SAFETY: a valid static; volatile so LLVM keeps the load (the loader rewrites the
+    // value before the program is loaded; the verifier then sees a constant).
+    let ns_per_jiffy = unsafe { core::ptr::addr_of!(POLC_NS_PER_JIFFY).read_volatile() };
     // SAFETY: no preconditions.
-    unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() }
+    unsafe { aya_ebpf::helpers::bpf_jiffies64() }.wrapping_mul(ns_per_jiffy)
 }
 
 /// Records a packet on a usable entry: its time and, for TCP, the next state. Stores only

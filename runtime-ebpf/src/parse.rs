@@ -98,7 +98,8 @@ fn be16(x: u16) -> u16 {
     u16::from_be(x)
 }
 
-/// Parses the packet in `ctx` from its Ethernet header into `f` (every field).
+/// Parses the packet in `ctx` from its Ethernet header into `f` (every field). Callers try
+/// [`parse_common_ipv4`] first; this handles every packet, that one included.
 #[inline(always)]
 pub fn parse(ctx: &TcContext, f: &mut Flow) -> Result<(), Stop> {
     let eth_type: u16 = read(ctx, 12)?;
@@ -113,6 +114,64 @@ pub fn parse(ctx: &TcContext, f: &mut Flow) -> Result<(), Stop> {
         _ => return Err(Stop::Drop(drop_reason::ETHERTYPE)),
     }
     parse_l4(ctx, f)
+}
+
+/// Ethernet, an IPv4 header without options and the first 16 bytes of the L4 header (TCP
+/// flags are byte 13): what [`parse_common_ipv4`] reads after its one bounds check.
+const COMMON_LEN: usize = ETH_HLEN + 20 + 16;
+
+/// The common packet in one bounds check instead of one per field: IPv4 without options,
+/// not a fragment, TCP/UDP/SCTP, all of it in the linear head. Writes `f` and returns true
+/// only for such a packet; anything else (including every malformed one) is left to the
+/// general parser, which decides exactly as before.
+#[inline(always)]
+pub fn parse_common_ipv4(ctx: &TcContext, f: &mut Flow) -> bool {
+    let start = ctx.data();
+    if start + COMMON_LEN > ctx.data_end() {
+        return false;
+    }
+    let p = start as *const u8;
+    // SAFETY: every read below ends within COMMON_LEN bytes of `start`, which lie inside
+    // the packet's linear data (checked above); headers need not be aligned.
+    let at16 = |off: usize| unsafe { p.add(off).cast::<u16>().read_unaligned() };
+    // SAFETY: as above.
+    let at32 = |off: usize| unsafe { p.add(off).cast::<u32>().read_unaligned() };
+    // Multi-byte fields are read in network order: compare against `to_be` constants.
+    if at16(12) != ETH_P_IP.to_be() {
+        return false;
+    }
+    // Byte 14: version 4, IHL 5 (the low byte of a little-endian u16 read).
+    if at16(ETH_HLEN) & 0xff != 0x45 {
+        return false;
+    }
+    let total = be16(at16(ETH_HLEN + 2)) as usize;
+    if total < 20 || ETH_HLEN + total > ctx.len() as usize {
+        return false;
+    }
+    if be16(at16(ETH_HLEN + 6)) & 0x1fff != 0 {
+        return false;
+    }
+    let protocol = (at16(ETH_HLEN + 8) >> 8) as u8;
+    if !matches!(protocol, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) {
+        return false;
+    }
+    let l4 = ETH_HLEN + 20;
+    let ports = at32(l4);
+    let (sport, dport) = (be16(ports as u16), be16((ports >> 16) as u16));
+    f.family = family::IPV4;
+    f.protocol = protocol;
+    f.src = [u64::from(at32(ETH_HLEN + 12)), 0];
+    f.dst = [u64::from(at32(ETH_HLEN + 16)), 0];
+    f.l4_off = l4 as u16;
+    f.src_port = sport;
+    f.dst_port = dport;
+    f.ct_src_port = sport;
+    f.ct_dst_port = dport;
+    f.icmp_type = 0;
+    f.icmp_code = 0;
+    f.icmp_error = false;
+    f.tcp_flags = if protocol == IPPROTO_TCP { (at16(l4 + 12) >> 8) as u8 } else { 0 };
+    true
 }
 
 /// IPv4 header: version, IHL (options skipped), total length, fragment offset, addresses.

@@ -63,6 +63,13 @@ pub const MAP_DROPS: &str = "POLC_DROPS";
 /// Name of the runtime's read-only global holding the conntrack timeouts
 /// (`[u64; CT_TIMEOUT_COUNT]`, nanoseconds, indexed by [`ct_timeout`]); set at load time.
 pub const GLOBAL_CT_TIMEOUTS: &str = "POLC_CT_TIMEOUTS";
+/// Name of the runtime's read-only global holding the length of one kernel tick (jiffy) in
+/// nanoseconds (`u64`, 1e9 / CONFIG_HZ); set at load time. The conntrack clock is
+/// `bpf_jiffies64() * ns_per_jiffy` (see [`CtEntry::last_seen_ns`]).
+pub const GLOBAL_NS_PER_JIFFY: &str = "POLC_NS_PER_JIFFY";
+/// The object's default for [`GLOBAL_NS_PER_JIFFY`] (CONFIG_HZ=250); the loader measures
+/// the running kernel's tick and overrides it.
+pub const DEFAULT_NS_PER_JIFFY: u64 = 4_000_000;
 /// Name of the service frontend map (`BPF_MAP_TYPE_HASH`): [`NatFrontendKey`] ->
 /// [`NatService`].
 pub const MAP_NAT_FE: &str = "POLC_NAT_FE";
@@ -584,8 +591,10 @@ fn side_lt_eq(a: &[u8; 16], a_port: u16, b: &[u8; 16], b_port: u16) -> bool {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet; older than the state's
-    /// timeout = expired (treated as a miss).
+    /// The conntrack clock at the last packet: `bpf_jiffies64() * ns_per_jiffy`
+    /// ([`GLOBAL_NS_PER_JIFFY`]), nanoseconds with one tick (1-10 ms) of resolution, not
+    /// comparable to CLOCK_MONOTONIC (jiffies start near 2^32); only differences matter.
+    /// Older than the state's timeout = expired (treated as a miss).
     pub last_seen_ns: u64,
     /// One of [`ct_state`].
     pub state: u8,
@@ -766,7 +775,7 @@ pub struct NatAffinity {
     pub ordinal: u32,
     /// Reserved, zero.
     pub _pad: u32,
-    /// The conntrack clock (`bpf_ktime_get_coarse_ns`) when it was last used.
+    /// The conntrack clock (see [`CtEntry::last_seen_ns`]) when it was last used.
     pub last_seen_ns: u64,
 }
 
