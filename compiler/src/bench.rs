@@ -54,7 +54,7 @@ struct Row {
 pub fn run(args: &BenchArgs) -> Result<()> {
     let mut rows = Vec::new();
     for &rules in &args.rules {
-        let yaml = cluster_yaml(Spec { rules, pods: args.pods, seed: 42 });
+        let yaml = cluster_yaml(Spec { rules, pods: args.pods, seed: 42, replicas: 1 });
         let cluster = crate::frontend::load_str("synth.yaml", &yaml)?;
         let ir = crate::lower::lower(&cluster);
         for opt_level in [0u8, 2] {

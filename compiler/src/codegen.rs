@@ -8,7 +8,7 @@
 //! protocol, port, address). Both maps' contents are part of the compile output.
 //! This is the baseline the optimiser is measured and cross-checked against.
 
-use crate::asm::{helper, AluOp, Asm, AsmError, Cond, Insn, Label, Program, Reg, Size};
+use crate::asm::{helper, AluOp, Asm, AsmError, Cond, Insn, Label, Program, Pseudo, Reg, Size};
 use polc_abi as abi;
 use polc_ir::{
     proto, Action, Direction, EndMatch, EndpointPolicy, Family, IcmpMatch, Match, PortMatch,
@@ -859,23 +859,7 @@ pub(crate) fn own_address_check(
     let ok = a.label();
     for addr in addrs {
         let next = a.label();
-        let bytes: Vec<u8> = match addr {
-            IpAddr::V4(v) => v.octets().to_vec(),
-            IpAddr::V6(v) => v.octets().to_vec(),
-        };
-        // Compare as the program loads the bytes: native-endian words, zero-extended.
-        let chunks: Vec<(Size, u64)> = if bytes.len() == 4 {
-            vec![(Size::W, u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as u64)]
-        } else {
-            bytes
-                .chunks(8)
-                .map(|c| {
-                    let mut w = [0u8; 8];
-                    w.copy_from_slice(c);
-                    (Size::DW, u64::from_ne_bytes(w))
-                })
-                .collect()
-        };
+        let chunks = address_words(addr);
         let last = chunks.len() - 1;
         for (i, (size, word)) in chunks.into_iter().enumerate() {
             let off = own_off + if size == Size::W { 0 } else { 8 * i as i16 };
@@ -893,6 +877,59 @@ pub(crate) fn own_address_check(
     a.push(Insn::mov64(RULE_ID, id as i32));
     a.jump(decide);
     a.bind(ok);
+}
+
+/// An address as the program loads it from the state: native-endian words, zero-extended
+/// (one 32-bit word for IPv4, two 64-bit words for IPv6).
+pub(crate) fn address_words(addr: &IpAddr) -> Vec<(Size, u64)> {
+    match addr {
+        IpAddr::V4(v) => vec![(Size::W, u32::from_ne_bytes(v.octets()) as u64)],
+        IpAddr::V6(v) => v
+            .octets()
+            .chunks(8)
+            .map(|c| {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(c);
+                (Size::DW, u64::from_ne_bytes(w))
+            })
+            .collect(),
+    }
+}
+
+/// Rewrites the address words that [`own_address_check`] put in `p` from the addresses
+/// `from` to `to` (same count and family, same order), returning how many it rewrote;
+/// `None` if a candidate site does not hold the expected word (the caller then generates
+/// the program afresh instead).
+pub(crate) fn retarget_own_address(
+    p: &mut Program,
+    own_off: i16,
+    from: &[IpAddr],
+    to: &[IpAddr],
+) -> Option<usize> {
+    let words = |addrs: &[IpAddr]| -> Vec<u64> {
+        addrs.iter().flat_map(|a| address_words(a).into_iter().map(|(_, w)| w)).collect()
+    };
+    let (old, new) = (words(from), words(to));
+    if old.len() != new.len() {
+        return None;
+    }
+    let mut k = 0;
+    for i in 1..p.insns.len() {
+        let site = matches!(
+            p.insns[i - 1],
+            Insn::Ldx { dst: Reg::R1, src: STATE, off, .. } if (own_off..own_off + 16).contains(&off)
+        );
+        if let (true, Insn::LdImm64 { dst: Reg::R2, pseudo: Pseudo::None, imm }) =
+            (site, p.insns[i])
+        {
+            if old.get(k) != Some(&imm) {
+                return None;
+            }
+            p.insns[i] = Insn::ld_imm64(Reg::R2, *new.get(k)?);
+            k += 1;
+        }
+    }
+    Some(k)
 }
 
 /// The IP-set LPM entries for `family`: (key, value) with value = set id (for debugging).

@@ -125,6 +125,9 @@ pub struct Options {
     /// 0: linear evaluation (the baseline); 2: class tables (`crate::opt`).
     pub opt_level: u8,
     pub tuning: crate::opt::Tuning,
+    /// Generate once per policy shape and re-target replicas (see `ShapeMemo`); tests turn
+    /// it off to check that it changes nothing.
+    pub share_shapes: bool,
 }
 
 impl Default for Options {
@@ -133,6 +136,7 @@ impl Default for Options {
             limits: codegen::Limits::default(),
             opt_level: 2,
             tuning: crate::opt::Tuning::default(),
+            share_shapes: true,
         }
     }
 }
@@ -142,6 +146,14 @@ fn families(ep: &EndpointPolicy) -> Vec<Family> {
     f.sort_by_key(|f| f.number());
     f.dedup();
     f
+}
+
+/// Offset in the flow state of the endpoint's own address.
+fn own_offset(direction: Direction) -> i16 {
+    match direction {
+        Direction::Ingress => polc_abi::FLOW_DST_ADDR as i16,
+        Direction::Egress => polc_abi::FLOW_SRC_ADDR as i16,
+    }
 }
 
 /// Generate programs (at the default level, -O2) for every endpoint x direction x family of
@@ -156,36 +168,22 @@ pub fn compile_ir_with(ir: Ir, options: Options) -> Result<Compiled> {
     let mut programs: Vec<CompiledProgram> = Vec::new();
     type DedupeKey = (Direction, u8, Vec<Vec<u8>>, Vec<(String, MapEntries)>);
     let mut by_bytes: BTreeMap<DedupeKey, usize> = BTreeMap::new();
-    for ep in &ir.endpoints {
+    let mut shapes = ShapeMemo::default();
+    for (ep_index, ep) in ir.endpoints.iter().enumerate() {
         for family in families(ep) {
             let what = || {
                 format!("endpoint {} {} IPv{}", ep.endpoint, ep.direction.as_str(), family.number())
             };
-            let mut fallback = None;
-            let mut optimised = None;
-            if options.opt_level >= 2 {
-                match crate::opt::generate(ep, family, &mut rules, options.tuning)
-                    .map_err(|e| Error::other(format!("{}: {e}", what())))?
-                {
-                    Ok(o) => optimised = Some(o),
-                    Err(crate::opt::Fallback(why)) => fallback = Some(why),
-                }
-            }
-            let (generated, local_maps, opt_level) = match optimised {
-                Some(o) => {
-                    let local_maps = o
-                        .classes
-                        .into_iter()
-                        .chain(o.pairs)
-                        .map(|(spec, entries)| LocalMap { spec, entries })
-                        .collect();
-                    let g = codegen::Generated { parts: vec![o.program], next_parts: vec![vec![]] };
-                    (g, local_maps, 2)
-                }
+            // An endpoint whose policy has the shape of one already compiled (a replica)
+            // gets that program with its own address put into the address check.
+            let reused =
+                options.share_shapes.then(|| shapes.find(&ir.endpoints, ep, family)).flatten();
+            let (generated, local_maps, opt_level, fallback) = match reused {
+                Some(r) => r,
                 None => {
-                    let g = codegen::generate(ep, family, &mut rules, options.limits)
-                        .map_err(|e| Error::other(format!("{}: {e}", what())))?;
-                    (g, Vec::new(), 0)
+                    let g = generate_one(ep, family, &mut rules, &options, &what)?;
+                    shapes.insert(ep_index, ep, family, &g);
+                    g
                 }
             };
             let mut parts = Vec::new();
@@ -234,6 +232,149 @@ pub fn compile_ir_with(ir: Ir, options: Options) -> Result<Compiled> {
     }
     let named_port_entries = codegen::named_port_entries(&port_sets);
     Ok(Compiled { ir, programs, rules, ipset_entries, named_port_entries })
+}
+
+/// One endpoint's program before deduplication: code, its own maps, level, fallback reason.
+type OneProgram = (codegen::Generated, Vec<LocalMap>, u8, Option<String>);
+
+/// Generates `ep`'s program for `family` at the requested level (-O2 falling back to -O0).
+fn generate_one(
+    ep: &EndpointPolicy,
+    family: Family,
+    rules: &mut RuleTable,
+    options: &Options,
+    what: &dyn Fn() -> String,
+) -> Result<OneProgram> {
+    let mut fallback = None;
+    let mut optimised = None;
+    if options.opt_level >= 2 {
+        match crate::opt::generate(ep, family, rules, options.tuning)
+            .map_err(|e| Error::other(format!("{}: {e}", what())))?
+        {
+            Ok(o) => optimised = Some(o),
+            Err(crate::opt::Fallback(why)) => fallback = Some(why),
+        }
+    }
+    Ok(match optimised {
+        Some(o) => {
+            let local_maps = o
+                .classes
+                .into_iter()
+                .chain(o.pairs)
+                .map(|(spec, entries)| LocalMap { spec, entries })
+                .collect();
+            let g = codegen::Generated { parts: vec![o.program], next_parts: vec![vec![]] };
+            (g, local_maps, 2, fallback)
+        }
+        None => {
+            let g = codegen::generate(ep, family, rules, options.limits)
+                .map_err(|e| Error::other(format!("{}: {e}", what())))?;
+            (g, Vec::new(), 0, fallback)
+        }
+    })
+}
+
+/// Programs already generated, by the shape of their endpoint's policy: endpoints with equal
+/// rules and sets, and the same relation of their own address to those sets, get the same
+/// code except for the address in the anti-spoofing check (codegen and -O2 use the own
+/// address for nothing else). Replicas of one workload compile once.
+#[derive(Default)]
+struct ShapeMemo {
+    by_hash: std::collections::HashMap<u64, Vec<Shaped>>,
+}
+
+struct Shaped {
+    /// Index of the endpoint it was generated for, in `Ir::endpoints`.
+    ep_index: usize,
+    family: Family,
+    own: Vec<std::net::IpAddr>,
+    relation: Vec<u8>,
+    program: OneProgram,
+}
+
+/// The own addresses of `family`, and how they relate to the policy's sets: membership in
+/// every IP set, and the named ports they carry in every port set.
+fn own_relation(ep: &EndpointPolicy, family: Family) -> (Vec<std::net::IpAddr>, Vec<u8>) {
+    let own: Vec<std::net::IpAddr> =
+        ep.addresses.iter().copied().filter(|a| Family::of(a) == family).collect();
+    let mut rel = Vec::new();
+    for a in &own {
+        rel.extend(ep.ip_sets.iter().map(|s| u8::from(s.contains(a))));
+        for ps in &ep.port_sets {
+            for m in ps.members.iter().filter(|m| m.addr == *a) {
+                rel.push(2);
+                rel.push(m.protocol);
+                rel.extend(m.port.to_le_bytes());
+            }
+            rel.push(3);
+        }
+    }
+    (own, rel)
+}
+
+/// A cheap summary of the policy; equal shapes are then confirmed field by field.
+fn shape_hash(ep: &EndpointPolicy, family: Family, own: usize, relation: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (ep.direction.as_str(), family.number(), own, relation).hash(&mut h);
+    for t in &ep.tiers {
+        t.name.hash(&mut h);
+        for p in &t.policies {
+            (p.source.qualified_name(), &p.source.kind, p.rules.len()).hash(&mut h);
+        }
+    }
+    for s in &ep.ip_sets {
+        s.id.hash(&mut h);
+    }
+    for s in &ep.port_sets {
+        s.id.hash(&mut h);
+    }
+    h.finish()
+}
+
+impl ShapeMemo {
+    fn find(
+        &self,
+        endpoints: &[EndpointPolicy],
+        ep: &EndpointPolicy,
+        family: Family,
+    ) -> Option<OneProgram> {
+        let (own, relation) = own_relation(ep, family);
+        let hash = shape_hash(ep, family, own.len(), &relation);
+        let found = self.by_hash.get(&hash)?.iter().find(|s| {
+            let rep = endpoints.get(s.ep_index);
+            s.family == family
+                && s.relation == relation
+                && s.own.len() == own.len()
+                && rep.is_some_and(|r| {
+                    r.direction == ep.direction
+                        && r.tiers == ep.tiers
+                        && r.ip_sets == ep.ip_sets
+                        && r.port_sets == ep.port_sets
+                })
+        })?;
+        let (mut generated, local_maps, level, fallback) = found.program.clone();
+        let own_off = own_offset(ep.direction);
+        let mut patched = 0;
+        for part in &mut generated.parts {
+            patched += codegen::retarget_own_address(part, own_off, &found.own, &own)?;
+        }
+        // Every word of every address, exactly once; anything else: generate afresh.
+        let words: usize = own.iter().map(|a| codegen::address_words(a).len()).sum();
+        (patched == words).then_some((generated, local_maps, level, fallback))
+    }
+
+    fn insert(&mut self, ep_index: usize, ep: &EndpointPolicy, family: Family, p: &OneProgram) {
+        let (own, relation) = own_relation(ep, family);
+        let hash = shape_hash(ep, family, own.len(), &relation);
+        self.by_hash.entry(hash).or_default().push(Shaped {
+            ep_index,
+            family,
+            own,
+            relation,
+            program: p.clone(),
+        });
+    }
 }
 
 /// Worst case over a chain of parts: part `j`'s longest path plus the worst of the parts

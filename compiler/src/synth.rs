@@ -14,11 +14,14 @@ pub struct Spec {
     /// Pods besides the target (they give selectors something to match).
     pub pods: usize,
     pub seed: u64,
+    /// Pods per workload: consecutive pods share labels and ports, like a Deployment's
+    /// replicas (1: every pod drawn on its own).
+    pub replicas: usize,
 }
 
 impl Default for Spec {
     fn default() -> Spec {
-        Spec { rules: 100, pods: 50, seed: 1 }
+        Spec { rules: 100, pods: 50, seed: 1, replicas: 1 }
     }
 }
 
@@ -33,11 +36,19 @@ pub struct SynthArgs {
     pub pods: u64,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Pods per workload (replicas share labels and ports).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub replicas: u64,
 }
 
 /// `polc synth`: print the cluster YAML to stdout.
 pub fn run(args: &SynthArgs) -> crate::error::Result<()> {
-    let spec = Spec { rules: args.rules, pods: args.pods as usize, seed: args.seed };
+    let spec = Spec {
+        rules: args.rules,
+        pods: args.pods as usize,
+        seed: args.seed,
+        replicas: args.replicas as usize,
+    };
     crate::error::print_stdout(&cluster_yaml(spec))
 }
 
@@ -88,15 +99,21 @@ pub fn cluster_yaml(spec: Spec) -> String {
          - {{name: metrics, containerPort: 9090}}\n    - {{name: dns, containerPort: 5353, \
          protocol: UDP}}\nstatus:\n  podIP: {TARGET_IP}\n"
     );
+    let mut workload = ("", "", "", 0);
     for i in 0..spec.pods {
-        let (app, team, env) = (r.pick(APPS), r.pick(TEAMS), r.pick(ENVS));
+        if i % spec.replicas.max(1) == 0 {
+            // Drawn in this order so that one replica per workload reproduces older output.
+            let (app, team, env) = (r.pick(APPS), r.pick(TEAMS), r.pick(ENVS));
+            workload = (app, team, env, 8000 + r.below(4) * 80);
+        }
+        let (app, team, env, port) = workload;
         let _ = write!(
             y,
             "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: pod-{i}\n  namespace: bench\n  \
              labels: {{app: {app}, team: {team}, env: {env}}}\nspec:\n  containers:\n  - name: \
              main\n    image: bench/{app}:1\n    ports:\n    - {{name: http, containerPort: {}}}\n\
              status:\n  podIP: 10.200.{}.{}\n",
-            8000 + r.below(4) * 80,
+            port,
             1 + i / 250,
             1 + i % 250
         );
@@ -286,7 +303,7 @@ mod tests {
 
     #[test]
     fn is_deterministic_and_loads() {
-        let spec = Spec { rules: 300, pods: 40, seed: 7 };
+        let spec = Spec { rules: 300, pods: 40, seed: 7, replicas: 1 };
         let a = cluster_yaml(spec);
         assert_eq!(a, cluster_yaml(spec));
         assert_ne!(a, cluster_yaml(Spec { seed: 8, ..spec }));

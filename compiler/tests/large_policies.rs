@@ -19,7 +19,7 @@ fn sizes() -> Vec<usize> {
 fn large_policy_sets_load_and_agree_with_the_evaluator() {
     polc_loader::require_kernel!();
     for rules in sizes() {
-        let yaml = cluster_yaml(Spec { rules, pods: 200, seed: 42 });
+        let yaml = cluster_yaml(Spec { rules, pods: 200, seed: 42, replicas: 1 });
         let cluster = polc::frontend::load_str("synth.yaml", &yaml).unwrap();
         let ir = polc::lower::lower(&cluster);
         // -O0: this test is about linear programs, their splitting and the verifier.
