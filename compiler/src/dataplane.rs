@@ -171,6 +171,19 @@ fn programs_of(compiled: &Compiled, pod: &str) -> Result<[Option<usize>; 4]> {
     Ok(out)
 }
 
+/// The pod's own addresses (the runtime's anti-spoofing check), as the IR knows them.
+fn addresses_of(compiled: &Compiled, pod: &str) -> Vec<std::net::IpAddr> {
+    let mut out: Vec<std::net::IpAddr> = Vec::new();
+    for e in compiled.ir.endpoints.iter().filter(|e| e.endpoint == pod) {
+        for a in &e.addresses {
+            if !out.contains(a) {
+                out.push(*a);
+            }
+        }
+    }
+    out
+}
+
 /// The loader's description of `compiled` enforced on `endpoints` (pod, ifname).
 pub fn desired(compiled: &Compiled, endpoints: &[(String, String)]) -> Result<Desired> {
     let mut d = Desired {
@@ -285,6 +298,7 @@ pub fn desired(compiled: &Compiled, endpoints: &[(String, String)]) -> Result<De
             egress,
             ingress_v6,
             egress_v6,
+            addresses: addresses_of(compiled, pod),
         });
     }
     Ok(d)

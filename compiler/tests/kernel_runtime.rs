@@ -75,17 +75,20 @@ fn tcp_syn() -> Vec<u8> {
     p
 }
 
-/// Makes lo (ifindex 1, what a test run without ctx sees) an endpoint whose ingress and
-/// egress policies, of both families, are all in [`SLOT_FIRST_POLICY`].
+/// Makes lo (ifindex 1, what a test run without ctx sees) the endpoint 10.0.0.1 whose
+/// ingress and egress policies, of both families, are all in [`SLOT_FIRST_POLICY`].
 fn register_lo(rt: &Runtime) {
-    let ep = Endpoint {
+    let mut ep = Endpoint {
         endpoint_id: 1,
         ingress_slot: SLOT_FIRST_POLICY,
         egress_slot: SLOT_FIRST_POLICY,
         flags: 0,
         ingress_slot_v6: SLOT_FIRST_POLICY,
         egress_slot_v6: SLOT_FIRST_POLICY,
+        ..Endpoint::default()
     };
+    // The pod is the test packet's source (a test run is the from-endpoint hook).
+    ep.set_address(std::net::IpAddr::from([10, 0, 0, 1]));
     rt.set_endpoint(1, &ep).expect("register the endpoint");
 }
 

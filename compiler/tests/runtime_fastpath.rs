@@ -273,18 +273,15 @@ impl Fixture {
             max_entries: 1,
         })
         .expect("counter map");
-        // One program per direction serves both families here (the tests below send
-        // IPv6 through the same slots); per-family dispatch has its own test.
-        let ep = Endpoint {
-            endpoint_id: ENDPOINT_ID,
-            ingress_slot: INGRESS_SLOT,
-            egress_slot: EGRESS_SLOT,
-            flags: 0,
-            ingress_slot_v6: INGRESS_SLOT,
-            egress_slot_v6: EGRESS_SLOT,
-        };
-        rt.set_endpoint(IFINDEX, &ep).expect("endpoint");
-        Fixture { rt, counter, ctx: skb_ctx(IFINDEX), _progs: Vec::new() }
+        let f = Fixture { rt, counter, ctx: skb_ctx(IFINDEX), _progs: Vec::new() };
+        f.be_pod(A4);
+        f
+    }
+
+    /// Makes the test endpoint the pod with IPv4 address `own4` (and IPv6 address A6): the
+    /// runtime drops a new flow whose pod-side address is not the pod's own.
+    fn be_pod(&self, own4: [u8; 4]) {
+        self.rt.set_endpoint(IFINDEX, &endpoint_with(own4, A6)).expect("endpoint");
     }
 
     /// Puts a policy program deciding `v` with `rule` into `slot`.
@@ -296,7 +293,12 @@ impl Fixture {
     }
 
     fn run(&self, hook: Hook, packet: &[u8]) -> i32 {
-        let run = TestRun { data: packet, ctx: Some(&self.ctx), repeat: 1 };
+        self.run_at(&self.ctx, hook, packet)
+    }
+
+    /// Like [`Fixture::run`] as seen on the interface of `ctx`.
+    fn run_at(&self, ctx: &[u8], hook: Hook, packet: &[u8]) -> i32 {
+        let run = TestRun { data: packet, ctx: Some(ctx), repeat: 1 };
         self.rt
             .test_run_hook(hook, &run)
             .unwrap_or_else(|e| panic!("test run of {packet:02x?}: {e}"))
@@ -323,6 +325,24 @@ impl Fixture {
     fn ct(&self, key: &CtKey) -> Option<CtEntry> {
         self.rt.ct_lookup(key).expect("ct lookup")
     }
+}
+
+/// The test endpoint's record: one program per direction serves both families here (the
+/// tests send IPv6 through the same slots; per-family dispatch has its own test), with
+/// the pod's own addresses `own4` and `own6`.
+fn endpoint_with(own4: [u8; 4], own6: [u8; 16]) -> Endpoint {
+    let mut ep = Endpoint {
+        endpoint_id: ENDPOINT_ID,
+        ingress_slot: INGRESS_SLOT,
+        egress_slot: EGRESS_SLOT,
+        flags: 0,
+        ingress_slot_v6: INGRESS_SLOT,
+        egress_slot_v6: EGRESS_SLOT,
+        ..Endpoint::default()
+    };
+    ep.set_address(std::net::IpAddr::from(own4));
+    ep.set_address(std::net::IpAddr::from(own6));
+    ep
 }
 
 fn off(field: usize) -> i16 {
@@ -631,7 +651,8 @@ fn each_hook_dispatches_to_its_slot_and_the_epilogue_records_the_approval() {
     f.policy(EGRESS_SLOT, verdict::ALLOW, EGRESS_RULE);
     f.policy(INGRESS_SLOT, verdict::ALLOW, INGRESS_RULE);
 
-    // From the pod: B (higher address) -> A, so the key's lo side is the destination.
+    // From the pod, here B: B (higher address) -> A, so the key's lo side is the destination.
+    f.be_pod(B4);
     let out = ipv4(B4, A4, UDP, &udp(5000, 53, b"q"));
     assert_eq!(f.run(Hook::FromEndpoint, &out), TC_ACT_OK);
     assert_eq!(f.last_state().direction, direction::EGRESS);
@@ -644,7 +665,8 @@ fn each_hook_dispatches_to_its_slot_and_the_epilogue_records_the_approval() {
     );
     assert!(e.last_seen_ns > 0);
 
-    // To the pod: another flow, the ingress slot.
+    // To the pod, now A: another flow, the ingress slot.
+    f.be_pod(A4);
     let inbound = ipv4(C4, A4, TCP, &tcp(33000, 80, SYN));
     assert_eq!(f.run(Hook::ToEndpoint, &inbound), TC_ACT_OK);
     assert_eq!(f.last_state().direction, direction::INGRESS);
@@ -673,12 +695,9 @@ fn each_family_dispatches_to_its_own_slot_and_a_missing_family_fails_closed() {
     const INGRESS_V6: u32 = 11;
     let mut f = Fixture::new(&small_config());
     let ep = Endpoint {
-        endpoint_id: ENDPOINT_ID,
-        ingress_slot: INGRESS_SLOT,
-        egress_slot: EGRESS_SLOT,
-        flags: 0,
         ingress_slot_v6: INGRESS_V6,
         egress_slot_v6: EGRESS_V6,
+        ..endpoint_with(A4, A6)
     };
     f.rt.set_endpoint(IFINDEX, &ep).unwrap();
     // IPv4 egress allows with rule 41, IPv6 egress denies with rule 61; ingress likewise.
@@ -726,13 +745,149 @@ fn each_family_dispatches_to_its_own_slot_and_a_missing_family_fails_closed() {
     assert_eq!(f.drops()[drop_reason::NO_FAMILY_POLICY as usize], 3);
 }
 
+/// Anti-spoofing: on a conntrack miss the pod's side of the packet (the source leaving
+/// the pod, the destination going to it) must be the pod's own address of the packet's
+/// family, else the packet is dropped as `spoofed` before any policy runs. Both hooks, both
+/// families; the own address goes to policy; replies of an approved flow (conntrack hits)
+/// are not checked again.
+#[test]
+fn a_foreign_pod_side_address_is_dropped_as_spoofed_before_policy() {
+    require_kernel!();
+    const C6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
+    let mut f = Fixture::new(&small_config());
+    f.policy(EGRESS_SLOT, verdict::ALLOW, EGRESS_RULE);
+    f.policy(INGRESS_SLOT, verdict::ALLOW, INGRESS_RULE);
+    let spoofed = |f: &Fixture| f.drops()[drop_reason::SPOOFED as usize];
+    // (hook, spoofed packet, the same flow with the pod's own address on its side)
+    let cases: [(&str, Hook, Vec<u8>, Vec<u8>); 4] = [
+        (
+            "IPv4 leaving the pod from C",
+            Hook::FromEndpoint,
+            ipv4(C4, B4, TCP, &tcp(40000, 443, SYN)),
+            ipv4(A4, B4, TCP, &tcp(40000, 443, SYN)),
+        ),
+        (
+            "IPv4 to C at the pod",
+            Hook::ToEndpoint,
+            ipv4(B4, C4, UDP, &udp(5000, 53, b"q")),
+            ipv4(B4, A4, UDP, &udp(5000, 53, b"q")),
+        ),
+        (
+            "IPv6 leaving the pod from C",
+            Hook::FromEndpoint,
+            ipv6(C6, B6, UDP, &udp(5001, 53, b"q")),
+            ipv6(A6, B6, UDP, &udp(5001, 53, b"q")),
+        ),
+        (
+            "IPv6 to C at the pod",
+            Hook::ToEndpoint,
+            ipv6(B6, C6, TCP, &tcp(40001, 80, SYN)),
+            ipv6(B6, A6, TCP, &tcp(40001, 80, SYN)),
+        ),
+    ];
+    for (i, (name, hook, bad, good)) in cases.iter().enumerate() {
+        let before = f.drops();
+        assert_eq!(f.run(*hook, bad), TC_ACT_SHOT, "{name}");
+        let after = f.drops();
+        assert_eq!(spoofed(&f), i as u64 + 1, "{name}: counted as spoofed: {after:?}");
+        assert_eq!(after.iter().sum::<u64>(), before.iter().sum::<u64>() + 1, "{name}");
+        assert_eq!(f.policy_runs(), i as u64, "{name}: the policy did not run");
+        assert_eq!(f.run(*hook, good), TC_ACT_OK, "{name}: the own address reaches policy");
+        assert_eq!(f.policy_runs(), i as u64 + 1, "{name}");
+        assert_eq!(spoofed(&f), i as u64 + 1, "{name}");
+    }
+    assert_eq!(f.rt.ct_entries().unwrap().len(), 4, "only the own flows were recorded");
+    // Replies of the approved flows (conntrack hits, no policy left to run) pass.
+    f.rt.clear_slot(EGRESS_SLOT).unwrap();
+    f.rt.clear_slot(INGRESS_SLOT).unwrap();
+    let replies = [
+        (Hook::ToEndpoint, ipv4(B4, A4, TCP, &tcp(443, 40000, SYN | ACK))),
+        (Hook::FromEndpoint, ipv4(A4, B4, UDP, &udp(53, 5000, b"r"))),
+        (Hook::ToEndpoint, ipv6(B6, A6, UDP, &udp(53, 5001, b"r"))),
+        (Hook::FromEndpoint, ipv6(A6, B6, TCP, &tcp(80, 40001, SYN | ACK))),
+    ];
+    for (hook, reply) in &replies {
+        assert_eq!(f.run(*hook, reply), TC_ACT_OK);
+    }
+    assert_eq!(f.policy_runs(), 4);
+    assert_eq!(f.drops().iter().sum::<u64>(), 4, "only the four spoofed packets dropped");
+
+    // A family the endpoint has programs for but no address of (the loader refuses such an
+    // endpoint): everything of that family is foreign, fail closed.
+    let mut no_v6 = endpoint_with(A4, A6);
+    no_v6.own_addrs = polc_abi::own_addr::V4;
+    f.rt.set_endpoint(IFINDEX, &no_v6).unwrap();
+    let new6 = ipv6(A6, B6, UDP, &udp(5002, 53, b"q"));
+    assert_eq!(f.run(Hook::FromEndpoint, &new6), TC_ACT_SHOT);
+    assert_eq!(spoofed(&f), 5);
+    assert_eq!(f.drops()[drop_reason::NO_POLICY as usize], 0, "no tail call was tried");
+}
+
+/// Runs `f` on a thread in a fresh network namespace that has, besides lo (ifindex 1), a
+/// veth pair; the ifindex of one end is passed to `f` (a test run's ctx may only name an
+/// existing interface). The namespace goes away with the thread.
+fn with_second_interface(f: impl FnOnce(u32) + Send + 'static) {
+    let joined = std::thread::spawn(move || {
+        // SAFETY: unshare(2) of this thread's network namespace only.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+        // `ip` runs in the namespace of the thread that spawns it.
+        let out = std::process::Command::new("ip")
+            .args(["link", "add", "polct0", "type", "veth", "peer", "name", "polct1"])
+            .output()
+            .expect("run ip");
+        assert!(out.status.success(), "ip link add: {}", String::from_utf8_lossy(&out.stderr));
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(c"polct0".as_ptr()) };
+        assert!(ifindex > 1, "ifindex of the veth: {ifindex}");
+        f(ifindex)
+    })
+    .join();
+    if let Err(e) = joined {
+        std::panic::resume_unwind(e);
+    }
+}
+
+/// A conntrack approval holds only on the interface that got it: a pod replaying another
+/// pod's established 5-tuple (either direction) misses the fast path and is dropped as
+/// spoofed; the pod that owns the flow keeps its fast path.
+#[test]
+fn an_approval_holds_only_on_the_interface_that_got_it() {
+    require_kernel!();
+    with_second_interface(|other_ifindex| {
+        let mut f = Fixture::new(&small_config());
+        f.policy(EGRESS_SLOT, verdict::ALLOW, EGRESS_RULE);
+        // The pod on the second interface is C.
+        f.rt.set_endpoint(other_ifindex, &endpoint_with(C4, B6)).expect("endpoint C");
+        let other = skb_ctx(other_ifindex);
+        let syn = ipv4(A4, B4, TCP, &tcp(40000, 443, SYN));
+        assert_eq!(f.run(Hook::FromEndpoint, &syn), TC_ACT_OK, "A opens a flow to B");
+        let key = key4(TCP, A4, 40000, B4, 443);
+        let e = f.ct(&key).expect("entry");
+        assert_eq!((e.approved, e.orig_ifindex, e.resp_ifindex), (ct_approved::ORIG, IFINDEX, 0));
+        f.rt.clear_slot(EGRESS_SLOT).unwrap();
+        let ack = ipv4(A4, B4, TCP, &tcp(40000, 443, ACK));
+        let reply = ipv4(B4, A4, TCP, &tcp(443, 40000, SYN | ACK));
+        // C replays A's packets: a miss at C's interface, and A4 is not C's address.
+        assert_eq!(f.run_at(&other, Hook::FromEndpoint, &ack), TC_ACT_SHOT, "C sends as A");
+        assert_eq!(f.run_at(&other, Hook::ToEndpoint, &reply), TC_ACT_SHOT, "A's reply to C");
+        assert_eq!(f.drops()[drop_reason::SPOOFED as usize], 2);
+        assert_eq!(f.policy_runs(), 1);
+        // A itself still rides its entry both ways (no policy program left to run).
+        assert_eq!(f.run(Hook::ToEndpoint, &reply), TC_ACT_OK, "B's reply reaches A");
+        assert_eq!(f.run(Hook::FromEndpoint, &ack), TC_ACT_OK, "A's ACK");
+        assert_eq!(f.ct(&key).expect("entry").state, ct_state::ESTABLISHED);
+        assert_eq!(f.drops().iter().sum::<u64>(), 2);
+    });
+}
+
 #[test]
 fn a_missing_policy_program_fails_closed() {
     require_kernel!();
     let f = Fixture::new(&small_config());
     let p = ipv4(A4, B4, TCP, &tcp(1000, 443, SYN));
     assert_eq!(f.run(Hook::FromEndpoint, &p), TC_ACT_SHOT);
-    assert_eq!(f.run(Hook::ToEndpoint, &p), TC_ACT_SHOT);
+    assert_eq!(f.run(Hook::ToEndpoint, &ipv4(B4, A4, TCP, &tcp(1000, 443, SYN))), TC_ACT_SHOT);
     assert_eq!(f.drops()[drop_reason::NO_POLICY as usize], 2);
     let st = f.last_state();
     assert_eq!((st.stage, st.verdict), (stage::RUNTIME, verdict::UNSET), "filled, never decided");
@@ -797,10 +952,13 @@ fn both_hooks_of_a_local_flow_decide_once_each() {
     let mut f = Fixture::new(&small_config());
     f.policy(EGRESS_SLOT, verdict::ALLOW, EGRESS_RULE);
     f.policy(INGRESS_SLOT, verdict::DENY, INGRESS_RULE);
+    // The test endpoint plays A at the from-endpoint hook and B at the to-endpoint hook
+    // (one interface, its own address switched).
     let syn = ipv4(A4, B4, TCP, &tcp(40000, 80, SYN));
     let key = key4(TCP, A4, 40000, B4, 80);
     assert_eq!(f.run(Hook::FromEndpoint, &syn), TC_ACT_OK, "A's egress allows");
     assert_eq!(f.ct(&key).unwrap().approved, ct_approved::ORIG);
+    f.be_pod(B4);
     assert_eq!(f.run(Hook::ToEndpoint, &syn), TC_ACT_SHOT, "B's ingress denies");
     assert_eq!(f.ct(&key).unwrap().approved, ct_approved::ORIG, "a deny adds nothing");
     assert_eq!(f.policy_runs(), 2);
@@ -1123,7 +1281,7 @@ fn bench_first_packet_with_compiled_policies() {
          from-endpoint hook, median of 5; empty tc program {empty_ns}"
     );
     for rules in [10usize, 10_000] {
-        let yaml = synth::cluster_yaml(synth::Spec { rules, pods: 50, seed: 42 });
+        let yaml = synth::cluster_yaml(synth::Spec { rules, pods: 50, seed: 42, replicas: 1 });
         let cluster = polc::frontend::load_str("synth.yaml", &yaml).expect("synthetic cluster");
         let ir = polc::lower::lower(&cluster);
         for opt_level in [2u8, 0] {
@@ -1152,7 +1310,11 @@ fn bench_first_packet_with_compiled_policies() {
             for (name, dport, packet) in &flows {
                 let mut hooks = Vec::new();
                 let mut verdicts = Vec::new();
-                for hook in [Hook::ToEndpoint, Hook::FromEndpoint] {
+                // The pod's side must be its own address (the runtime's anti-spoofing): the
+                // target at its to-endpoint hook, the packet's source at the from-endpoint one.
+                let source: [u8; 4] = packet[26..30].try_into().expect("IPv4 source");
+                for (hook, own) in [(Hook::ToEndpoint, target), (Hook::FromEndpoint, source)] {
+                    f.be_pod(own);
                     let (ns, repeat, retval) =
                         first_packet_ns(f.rt.hook_fd(hook).unwrap(), packet, &ctx);
                     let st = f.last_state();

@@ -179,14 +179,16 @@ impl Fixture {
             max_entries: 1,
         })
         .expect("counter map");
-        let ep = Endpoint {
+        let mut ep = Endpoint {
             endpoint_id: 7,
             ingress_slot: INGRESS_SLOT,
             egress_slot: EGRESS_SLOT,
             flags: 0,
             ingress_slot_v6: INGRESS_SLOT,
             egress_slot_v6: EGRESS_SLOT,
+            ..Endpoint::default()
         };
+        ep.set_address(std::net::IpAddr::from(CLIENT));
         rt.set_endpoint(IFINDEX, &ep).expect("endpoint");
         let mut ctx = vec![0u8; 48];
         ctx[40..44].copy_from_slice(&IFINDEX.to_ne_bytes());
@@ -413,6 +415,28 @@ fn a_denied_translated_flow_stays_denied() {
     let reply = ipv4(BACKENDS[0], CLIENT, TCP, &tcp(TARGET_PORT, 40000, SYN | ACK), true);
     assert_eq!(f.run(Hook::ToEndpoint, &reply).0, TC_ACT_SHOT, "no ingress policy: drop");
     assert_eq!(f.rt.drop_counts().unwrap()[drop_reason::POLICY_DENY as usize], 2);
+}
+
+/// A packet to a frontend from an address that is not the client pod's own is dropped as
+/// spoofed before NAT: not rewritten, no conntrack or affinity entries, no policy.
+#[test]
+fn a_spoofed_packet_to_a_frontend_is_dropped_before_translation() {
+    require_kernel!();
+    let f = Fixture::new(&small_config());
+    f.service(TCP, &BACKENDS[..1], nat_flags::AFFINITY_CLIENT_IP);
+    let other = [10, 0, 0, 9];
+    let p = ipv4(other, VIP, TCP, &tcp(40000, 80, SYN), true);
+    let (rc, out) = f.run(Hook::FromEndpoint, &p);
+    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(out, p, "not rewritten");
+    assert_eq!(f.rt.drop_counts().unwrap()[drop_reason::SPOOFED as usize], 1);
+    assert_eq!(f.policy_runs(), 0);
+    assert!(f.rt.ct_entries().unwrap().is_empty(), "no NAT entries");
+    assert_eq!(f.rt.affinity(v4(other), SERVICE_ID).unwrap(), None);
+    // The pod's own address is translated as usual.
+    let (rc, out) = f.run(Hook::FromEndpoint, &ipv4(CLIENT, VIP, TCP, &tcp(40000, 80, SYN), true));
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(checked(&out).dst, BACKENDS[0]);
 }
 
 /// Traffic to addresses or ports that are not a frontend is not touched.

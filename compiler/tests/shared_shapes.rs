@@ -33,8 +33,7 @@ fn summary(c: &Compiled) -> Vec<String> {
 fn sharing_shapes_gives_the_programs_a_fresh_compile_gives() {
     // Replicas share labels and ports: the sharing is exercised (and counted below).
     for (rules, pods, seed, replicas) in [(60, 40, 1, 1), (300, 80, 7, 4), (1200, 30, 3, 10)] {
-        let yaml =
-            polc::synth::cluster_yaml(polc::synth::Spec { rules, pods, seed, replicas });
+        let yaml = polc::synth::cluster_yaml(polc::synth::Spec { rules, pods, seed, replicas });
         for level in [0, 2] {
             let shared = compile(&yaml, level, true);
             let fresh = compile(&yaml, level, false);
@@ -61,8 +60,11 @@ fn the_demo_and_every_case_compile_the_same_with_and_without_sharing() {
         for level in [0, 2] {
             let run = |share_shapes| {
                 let ir = polc::lower::lower(&cluster);
-                compile_ir_with(ir, Options { opt_level: level, share_shapes, ..Options::default() })
-                    .expect("compiles")
+                compile_ir_with(
+                    ir,
+                    Options { opt_level: level, share_shapes, ..Options::default() },
+                )
+                .expect("compiles")
             };
             assert_eq!(summary(&run(true)), summary(&run(false)), "{} -O{level}", dir.display());
         }

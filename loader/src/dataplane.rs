@@ -52,6 +52,7 @@
 //!         egress: Some(0),
 //!         ingress_v6: None, // IPv4-only pod: its IPv6 packets are dropped
 //!         egress_v6: None,
+//!         addresses: vec!["10.0.0.7".parse().unwrap()],
 //!     }],
 //!     rules: vec![],
 //!     services: vec![],
@@ -64,6 +65,7 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -179,8 +181,10 @@ pub struct PolicyProgram {
     pub insns: usize,
 }
 
-/// One pod to enforce: its host-side interface and its programs, two per address family
-/// it has. A family without programs (`None`) is dropped by the runtime (fail closed).
+/// One pod to enforce: its host-side interface, its programs (two per address family it
+/// has) and its addresses. A family without programs (`None`) is dropped by the runtime
+/// (fail closed). A new flow whose pod-side address is not the pod's address of that
+/// family is dropped by the runtime as `spoofed` before policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointAttach {
     /// `namespace/pod`.
@@ -195,6 +199,9 @@ pub struct EndpointAttach {
     pub ingress_v6: Option<usize>,
     /// Index into [`Desired::programs`]: IPv6 egress policy.
     pub egress_v6: Option<usize>,
+    /// The pod's own addresses (its `podIPs`): at most one per family, and one for each
+    /// family that has programs.
+    pub addresses: Vec<IpAddr>,
 }
 
 impl EndpointAttach {
@@ -323,6 +330,8 @@ pub struct EndpointReport {
     pub ingress_slot_v6: Option<u32>,
     /// `POLC_JUMP` slot of its IPv6 egress policy.
     pub egress_slot_v6: Option<u32>,
+    /// Its own addresses (anti-spoofing).
+    pub addresses: Vec<IpAddr>,
 }
 
 // ------------------------------------------------------------------ the pinned record
@@ -367,6 +376,9 @@ struct MetaEndpoint {
     egress: Option<usize>,
     ingress_v6: Option<usize>,
     egress_v6: Option<usize>,
+    /// The pod's own addresses (absent in records of older versions).
+    #[serde(default)]
+    addresses: Vec<IpAddr>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -565,6 +577,21 @@ const RUNTIME_PINS: [&str; 11] = [
     MAP_NAT_AFF,
 ];
 
+/// Refuses to attach through a runtime pinned by a polc with another `POLC_EP` layout
+/// (e.g. from before endpoints carried their addresses, which that runtime would not
+/// check). Detach still works with such a runtime.
+fn check_endpoint_layout(rt: &RuntimeFds, pin: &Path) -> Result<()> {
+    let size = sys::map_info(rt.ep.as_fd())?.value_size;
+    if size as usize != ENDPOINT_SIZE {
+        return Err(failed(format!(
+            "{} holds a runtime of another polc version (POLC_EP values of {size} bytes, this \
+             polc writes {ENDPOINT_SIZE}): run `polc detach` and attach again",
+            pin.display()
+        )));
+    }
+    Ok(())
+}
+
 fn open_runtime(pin: &Path) -> Result<Option<RuntimeFds>> {
     let mut fds = Vec::new();
     for name in RUNTIME_PINS {
@@ -652,6 +679,7 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
         Some(rt) => (rt, false),
         None => (load_runtime(pin, &opts.runtime)?, true),
     };
+    check_endpoint_layout(&rt, pin)?;
     let current = read_current(pin)?;
     let old = match current {
         Some(g) => read_meta(&gen_dir(pin, g))?,
@@ -716,6 +744,7 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
             egress: ep.egress,
             ingress_v6: ep.ingress_v6,
             egress_v6: ep.egress_v6,
+            addresses: ep.addresses.clone(),
         });
     }
 
@@ -859,6 +888,7 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
             egress_slot: slot_of(&meta, e.egress),
             ingress_slot_v6: slot_of(&meta, e.ingress_v6),
             egress_slot_v6: slot_of(&meta, e.egress_v6),
+            addresses: e.addresses.clone(),
         })
         .collect();
     Ok(AttachReport {
@@ -1032,6 +1062,7 @@ fn update_in_place(
             egress_slot: slot_of(&meta, e.egress),
             ingress_slot_v6: slot_of(&meta, e.ingress_v6),
             egress_slot_v6: slot_of(&meta, e.egress_v6),
+            addresses: e.addresses.clone(),
         })
         .collect();
     Ok(Some(AttachReport {
@@ -1193,6 +1224,22 @@ fn validate(d: &Desired) -> Result<()> {
                  and at least one family",
                 e.name
             )));
+        }
+        // The runtime keeps one own address per family (Kubernetes podIPs has at most one).
+        for (fam, has_programs) in [(4, e.ingress.is_some()), (6, e.ingress_v6.is_some())] {
+            let n = e.addresses.iter().filter(|a| a.is_ipv4() == (fam == 4)).count();
+            if n > 1 {
+                return Err(invalid(format!(
+                    "endpoint {} has {n} IPv{fam} addresses; at most one per family",
+                    e.name
+                )));
+            }
+            if has_programs && n == 0 {
+                return Err(invalid(format!(
+                    "endpoint {} has IPv{fam} programs but no IPv{fam} address",
+                    e.name
+                )));
+            }
         }
         if !ifnames.insert(e.ifname.as_str()) {
             return Err(invalid(format!("interface `{}` is named by two endpoints", e.ifname)));
@@ -1698,6 +1745,8 @@ pub struct EndpointStatus {
     pub ingress_v6: Option<PolicyStatus>,
     /// IPv6 egress policy.
     pub egress_v6: Option<PolicyStatus>,
+    /// Its own addresses (anti-spoofing).
+    pub addresses: Vec<IpAddr>,
 }
 
 /// One tc hook in [`EndpointStatus`].
@@ -1800,6 +1849,7 @@ pub fn status(pin_path: &Path) -> Result<Status> {
             egress: ep.egress.map(&policy).transpose()?,
             ingress_v6: ep.ingress_v6.map(&policy).transpose()?,
             egress_v6: ep.egress_v6.map(&policy).transpose()?,
+            addresses: ep.addresses.clone(),
         });
     }
 
@@ -1959,14 +2009,19 @@ fn endpoint_value(meta: &Meta, ep: &MetaEndpoint) -> Option<Endpoint> {
         Some(i) => meta.programs.get(i).map(|p| p.slot),
     };
     let a = ep;
-    Some(Endpoint {
+    let mut value = Endpoint {
         endpoint_id: ep.endpoint_id,
         ingress_slot: slot(a.ingress)?,
         egress_slot: slot(a.egress)?,
         flags: 0,
         ingress_slot_v6: slot(a.ingress_v6)?,
         egress_slot_v6: slot(a.egress_v6)?,
-    })
+        ..Endpoint::default()
+    };
+    for &addr in &ep.addresses {
+        value.set_address(addr);
+    }
+    Some(value)
 }
 
 /// The N of `rule id N` in a listing comment line.
@@ -2053,6 +2108,7 @@ mod tests {
             egress: Some(0),
             ingress_v6: None,
             egress_v6: None,
+            addresses: vec![IpAddr::from([10, 0, 0, 1])],
         };
         let d = Desired {
             maps: vec![],
@@ -2079,7 +2135,14 @@ mod tests {
         d4.endpoints[0].egress_v6 = Some(0);
         assert!(validate(&d4).unwrap_err().to_string().contains("each family"));
         d4.endpoints[0].ingress_v6 = Some(0);
+        let e = validate(&d4).unwrap_err().to_string();
+        assert!(e.contains("IPv6 programs but no IPv6 address"), "{e}");
+        d4.endpoints[0].addresses.push("fd77::1".parse().unwrap());
         assert!(validate(&d4).is_ok());
+        d4.endpoints[0].addresses.push(IpAddr::from([10, 0, 0, 2]));
+        let e = validate(&d4).unwrap_err().to_string();
+        assert!(e.contains("has 2 IPv4 addresses; at most one per family"), "{e}");
+        d4.endpoints[0].addresses.truncate(2);
         d4.endpoints[0].ingress_v6 = Some(1);
         assert!(validate(&d4).unwrap_err().to_string().contains("missing program"));
         let d3 = Desired { maps: vec![bad_map], ..Desired::default() };

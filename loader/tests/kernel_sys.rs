@@ -137,12 +137,14 @@ fn runtime_fails_closed_with_an_empty_slot() {
     rt.clear_slot(polc_abi::SLOT_FIRST_POLICY).unwrap();
     // The packet must come from a registered endpoint (lo, ifindex 1, as test runs see it)
     // and parse, or the runtime would pass it (not ours) or drop it as malformed.
-    let ep = polc_abi::Endpoint {
+    let mut ep = polc_abi::Endpoint {
         endpoint_id: 1,
         ingress_slot: 0,
         egress_slot: 0,
         ..polc_abi::Endpoint::default()
     };
+    // The packet's source (the pod side at the from-endpoint hook): not spoofed.
+    ep.set_address(std::net::IpAddr::from([10, 0, 0, 1]));
     rt.set_endpoint(1, &ep).unwrap();
     let packet = ipv4_udp_packet();
     let out = rt.test_run(&TestRun { data: &packet, ctx: None, repeat: 1 }).unwrap();

@@ -74,6 +74,25 @@ pub fn role_bit(hook: Hook, forward: bool) -> u8 {
     }
 }
 
+/// Whether the approval `bit` of `e` was given at interface `ifindex`: an approval holds
+/// only on the interface of the pod that got it, so a pod replaying another pod's 5-tuple
+/// misses (and meets the anti-spoofing check) instead of riding that pod's entry.
+#[inline(always)]
+pub fn approved_at(e: &CtEntry, bit: u8, ifindex: u32) -> bool {
+    let at = if bit == ct_approved::ORIG { e.orig_ifindex } else { e.resp_ifindex };
+    e.approved & bit != 0 && at == ifindex
+}
+
+/// Records that approval `bit` of `e` was given at interface `ifindex`.
+#[inline(always)]
+pub fn set_approver(e: &mut CtEntry, bit: u8, ifindex: u32) {
+    if bit == ct_approved::ORIG {
+        e.orig_ifindex = ifindex;
+    } else {
+        e.resp_ifindex = ifindex;
+    }
+}
+
 /// The state of a new entry created by a first packet.
 #[inline(always)]
 pub fn initial_state(protocol: u8, flags: u8) -> u8 {

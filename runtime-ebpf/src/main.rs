@@ -27,9 +27,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use polc_abi::{
-    ct_approved, ct_nat, direction, drop_reason, family, stage, verdict, CtEntry, CtKey, Endpoint,
-    FlowState, CT_DEFAULT_ENTRIES, EP_ENTRIES, JUMP_ENTRIES, RULE_ID_NONE, SLOT_NONE, STATE_KEY,
-    TC_ACT_OK, TC_ACT_SHOT,
+    ct_approved, ct_nat, direction, drop_reason, family, own_addr, stage, verdict, CtEntry, CtKey,
+    Endpoint, FlowState, CT_DEFAULT_ENTRIES, EP_ENTRIES, JUMP_ENTRIES, RULE_ID_NONE, SLOT_NONE,
+    STATE_KEY, TC_ACT_OK, TC_ACT_SHOT,
 };
 
 use conntrack::{Hook, KeyBuf};
@@ -132,7 +132,7 @@ fn decide(ctx: &TcContext, hook: Hook, mut f: Flow) -> i32 {
         let e = unsafe { &mut *e };
         let forward = (e.orig_is_lo != 0) == src_is_lo;
         if conntrack::usable(e, f.protocol, f.tcp_flags, now)
-            && e.approved & conntrack::role_bit(hook, forward) != 0
+            && conntrack::approved_at(e, conntrack::role_bit(hook, forward), ifindex(ctx))
         {
             conntrack::touch(e, f.protocol, f.tcp_flags, forward, now);
             if e.nat_flags != 0 && !nat::fast_path(ctx, &f, e, hook == Hook::ToEp, forward) {
@@ -156,6 +156,12 @@ fn decide(ctx: &TcContext, hook: Hook, mut f: Flow) -> i32 {
     if slot == SLOT_NONE {
         return drop_packet(drop_reason::NO_FAMILY_POLICY);
     }
+    // Anti-spoofing, before NAT rewrites anything: the pod's side of a new flow must be the
+    // pod's own address, so a policy only ever sees the pod's own traffic.
+    let own_side = if hook == Hook::FromEp { &f.src } else { &f.dst };
+    if !is_own_address(&ep, v6, own_side) {
+        return drop_packet(drop_reason::SPOOFED);
+    }
     // Service NAT before policy: the client's egress policy sees the backend.
     if hook == Hook::FromEp {
         if let Err(reason) = nat::translate(ctx, &mut f, now) {
@@ -171,6 +177,22 @@ fn decide(ctx: &TcContext, hook: Hook, mut f: Flow) -> i32 {
     // SAFETY: on success the tail call does not return.
     unsafe { POLC_JUMP.tail_call(ctx, slot) };
     drop_packet(drop_reason::NO_POLICY)
+}
+
+/// Whether `addr` (a [`Flow`] address) is the endpoint's own address of its family.
+#[inline(always)]
+fn is_own_address(ep: &Endpoint, v6: bool, addr: &[u64; 2]) -> bool {
+    if v6 {
+        // SAFETY: `addr_v6` sits at offset 32 of an 8-aligned record (asserted in the ABI).
+        let (w0, w1) = unsafe {
+            let w = ep.addr_v6.as_ptr().cast::<u64>();
+            (w.read(), w.add(1).read())
+        };
+        ep.own_addrs & own_addr::V6 != 0 && addr[0] == w0 && addr[1] == w1
+    } else {
+        // An IPv4 flow address is the low word only (the high word is zero).
+        ep.own_addrs & own_addr::V4 != 0 && addr[0] == u64::from(u32::from_ne_bytes(ep.addr_v4))
+    }
 }
 
 /// Writes the whole scratch record for the policy program: the parsed flow, the hook's
@@ -260,6 +282,7 @@ pub fn polc_epilogue(_ctx: TcContext) -> i32 {
         if forward && conntrack::usable(e, st.protocol, st.tcp_flags, now) {
             let bit = conntrack::role_bit(hook, true);
             e.approved |= bit;
+            conntrack::set_approver(e, bit, st.ifindex);
             if bit == ct_approved::ORIG {
                 e.orig_rule = st.rule_id;
             } else {
@@ -272,7 +295,8 @@ pub fn polc_epilogue(_ctx: TcContext) -> i32 {
                     let w = st.src_addr.as_ptr().cast::<u64>();
                     (w.read(), w.add(1).read())
                 };
-                nat::approve_pre_nat(src, st.ct_src_port, st.family, st.protocol, e, bit);
+                let (port, ifindex) = (st.ct_src_port, st.ifindex);
+                nat::approve_pre_nat(src, port, st.family, st.protocol, e, bit, ifindex);
             }
             return TC_ACT_OK;
         }
@@ -286,12 +310,12 @@ pub fn polc_epilogue(_ctx: TcContext) -> i32 {
         _pad: 0,
         orig_rule: if bit == ct_approved::ORIG { st.rule_id } else { RULE_ID_NONE },
         resp_rule: if bit == ct_approved::RESP { st.rule_id } else { RULE_ID_NONE },
-        _pad2: 0,
+        orig_ifindex: if bit == ct_approved::ORIG { st.ifindex } else { 0 },
         nat_addr: [0; 16],
         nat_port: 0,
         nat_flags: 0,
         _pad3: 0,
-        _pad4: 0,
+        resp_ifindex: if bit == ct_approved::RESP { st.ifindex } else { 0 },
     };
     // A failed insert (cannot happen with an LRU map short of memory pressure) still
     // forwards: the policy allowed the packet; the next one goes through policy again.

@@ -148,13 +148,13 @@ fn record(f: &Flow, vip: [u64; 2], vport: u16, now: u64) {
         _pad: 0,
         orig_rule: RULE_ID_NONE,
         resp_rule: RULE_ID_NONE,
-        _pad2: 0,
+        orig_ifindex: 0,
         // SAFETY: same size, any bytes valid.
         nat_addr: unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(vip) },
         nat_port: vport,
         nat_flags: ct_nat::REV_NAT,
         _pad3: 0,
-        _pad4: 0,
+        resp_ifindex: 0,
     };
     let _ = POLC_CT.insert(&key.0, &e, 0);
     let pre = Ends {
@@ -224,6 +224,7 @@ pub fn approve_pre_nat(
     protocol: u8,
     e: &CtEntry,
     bit: u8,
+    ifindex: u32,
 ) {
     // SAFETY: the nat address sits at offset 24 of an 8-aligned map value.
     let vip = unsafe {
@@ -238,6 +239,7 @@ pub fn approve_pre_nat(
         let d = unsafe { &mut *d };
         if d.nat_flags & ct_nat::DNAT != 0 {
             d.approved |= bit;
+            conntrack::set_approver(d, bit, ifindex);
         }
     }
 }

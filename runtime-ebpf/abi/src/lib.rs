@@ -315,7 +315,13 @@ pub mod tcp_flags {
 /// family. [`SLOT_NONE`] means the pod has no program for that family (no address of it):
 /// such packets are dropped and counted under [`drop_reason::NO_FAMILY_POLICY`] (fail
 /// closed), never run through the other family's program.
-#[repr(C)]
+///
+/// The pod's own address per family (Kubernetes `podIPs` holds at most one per family):
+/// before policy runs, the endpoint's side of a new flow (the source of a packet leaving
+/// the pod, the destination of one going to it) must be that address, else the packet is
+/// dropped as [`drop_reason::SPOOFED`]. [`own_addr`] bits in `own_addrs` say which
+/// families have one; a family without one has no own traffic.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     /// The endpoint's id, copied into [`FlowState::endpoint_id`].
@@ -330,12 +336,26 @@ pub struct Endpoint {
     pub ingress_slot_v6: u32,
     /// [`MAP_JUMP`] slot of the endpoint's IPv6 egress policy.
     pub egress_slot_v6: u32,
+    /// The pod's IPv4 address, network order (meaningful with [`own_addr::V4`]).
+    pub addr_v4: [u8; 4],
+    /// Which of `addr_v4` / `addr_v6` hold an address: [`own_addr`] bits.
+    pub own_addrs: u32,
+    /// The pod's IPv6 address, network order (meaningful with [`own_addr::V6`]).
+    pub addr_v6: [u8; 16],
+}
+
+/// Bits of [`Endpoint::own_addrs`].
+pub mod own_addr {
+    /// [`super::Endpoint::addr_v4`] is the pod's IPv4 address.
+    pub const V4: u32 = 1;
+    /// [`super::Endpoint::addr_v6`] is the pod's IPv6 address.
+    pub const V6: u32 = 2;
 }
 
 /// [`Endpoint`] slot value for "no program for this family".
 pub const SLOT_NONE: u32 = u32::MAX;
 
-/// An endpoint without programs: every slot [`SLOT_NONE`].
+/// An endpoint without programs and without addresses: every slot [`SLOT_NONE`].
 impl Default for Endpoint {
     fn default() -> Self {
         Endpoint {
@@ -345,14 +365,41 @@ impl Default for Endpoint {
             flags: 0,
             ingress_slot_v6: SLOT_NONE,
             egress_slot_v6: SLOT_NONE,
+            addr_v4: [0; 4],
+            own_addrs: 0,
+            addr_v6: [0; 16],
         }
     }
 }
 
 /// Size of [`Endpoint`] in bytes (the value size of [`MAP_EP`]).
-pub const ENDPOINT_SIZE: usize = 24;
+pub const ENDPOINT_SIZE: usize = 48;
 
 impl Endpoint {
+    /// Records `addr` as the pod's address of its family (replacing an earlier one).
+    pub fn set_address(&mut self, addr: core::net::IpAddr) {
+        match addr {
+            core::net::IpAddr::V4(a) => {
+                self.addr_v4 = a.octets();
+                self.own_addrs |= own_addr::V4;
+            }
+            core::net::IpAddr::V6(a) => {
+                self.addr_v6 = a.octets();
+                self.own_addrs |= own_addr::V6;
+            }
+        }
+    }
+
+    /// The pod's IPv4 address, if it has one.
+    pub fn address_v4(&self) -> Option<core::net::Ipv4Addr> {
+        (self.own_addrs & own_addr::V4 != 0).then(|| core::net::Ipv4Addr::from(self.addr_v4))
+    }
+
+    /// The pod's IPv6 address, if it has one.
+    pub fn address_v6(&self) -> Option<core::net::Ipv6Addr> {
+        (self.own_addrs & own_addr::V6 != 0).then(|| core::net::Ipv6Addr::from(self.addr_v6))
+    }
+
     /// The record's in-memory bytes (native byte order), for a map update.
     pub fn to_bytes(&self) -> [u8; ENDPOINT_SIZE] {
         let mut b = [0u8; ENDPOINT_SIZE];
@@ -362,12 +409,17 @@ impl Endpoint {
         b[12..16].copy_from_slice(&self.flags.to_ne_bytes());
         b[16..20].copy_from_slice(&self.ingress_slot_v6.to_ne_bytes());
         b[20..24].copy_from_slice(&self.egress_slot_v6.to_ne_bytes());
+        b[24..28].copy_from_slice(&self.addr_v4);
+        b[28..32].copy_from_slice(&self.own_addrs.to_ne_bytes());
+        b[32..48].copy_from_slice(&self.addr_v6);
         b
     }
 
     /// Decodes a record from its in-memory bytes.
     pub fn from_bytes(b: &[u8; ENDPOINT_SIZE]) -> Endpoint {
         let u = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let mut addr_v6 = [0u8; 16];
+        addr_v6.copy_from_slice(&b[32..48]);
         Endpoint {
             endpoint_id: u(0),
             ingress_slot: u(4),
@@ -375,6 +427,9 @@ impl Endpoint {
             flags: u(12),
             ingress_slot_v6: u(16),
             egress_slot_v6: u(20),
+            addr_v4: [b[24], b[25], b[26], b[27]],
+            own_addrs: u(28),
+            addr_v6,
         }
     }
 }
@@ -408,10 +463,14 @@ pub mod drop_reason {
     /// A packet to a service frontend ([`super::MAP_NAT_FE`]) that has no backends (or
     /// whose backend entry is missing): dropped, as kube-proxy rejects it.
     pub const NO_BACKEND: u32 = 11;
+    /// A new flow whose endpoint-side address (the source leaving the pod, the destination
+    /// going to it) is not the pod's own address of the packet's family
+    /// ([`super::Endpoint::addr_v4`] / [`super::Endpoint::addr_v6`]): anti-spoofing.
+    pub const SPOOFED: u32 = 12;
     /// Number of counters in [`super::MAP_DROPS`] (room for more reasons).
     pub const COUNT: u32 = 16;
     /// Short names, by reason, for status output.
-    pub const NAMES: [&str; 12] = [
+    pub const NAMES: [&str; 13] = [
         "truncated",
         "malformed",
         "ipv6_ext_limit",
@@ -424,6 +483,7 @@ pub mod drop_reason {
         "no_epilogue",
         "no_family_policy",
         "no_backend",
+        "spoofed",
     ];
 }
 
@@ -608,8 +668,11 @@ pub struct CtEntry {
     pub orig_rule: u32,
     /// The rule that allowed it on the responder's side.
     pub resp_rule: u32,
-    /// Reserved, zero.
-    pub _pad2: u32,
+    /// The interface (ifindex) whose hook set [`ct_approved::ORIG`]: the originator's
+    /// host-side veth. A packet needing the ORIG approval hits only there, so another
+    /// interface sending the same 5-tuple (a spoofing pod) misses and goes through the
+    /// anti-spoofing check. 0 while ORIG is not set.
+    pub orig_ifindex: u32,
     /// Service NAT (appended): for a [`ct_nat::DNAT`] entry the backend the packets of
     /// the flow are rewritten to; for a [`ct_nat::REV_NAT`] entry the service address
     /// replies are rewritten back to. Network order; zero without NAT.
@@ -620,8 +683,9 @@ pub struct CtEntry {
     pub nat_flags: u8,
     /// Reserved, zero.
     pub _pad3: u8,
-    /// Reserved, zero.
-    pub _pad4: u32,
+    /// The interface whose hook set [`ct_approved::RESP`] (the responder's), like
+    /// `orig_ifindex`. Both replaced reserved fields; the size did not change.
+    pub resp_ifindex: u32,
 }
 
 /// Size of [`CtEntry`] in bytes.
@@ -648,12 +712,12 @@ impl CtEntry {
         b[11] = self._pad;
         b[12..16].copy_from_slice(&self.orig_rule.to_ne_bytes());
         b[16..20].copy_from_slice(&self.resp_rule.to_ne_bytes());
-        b[20..24].copy_from_slice(&self._pad2.to_ne_bytes());
+        b[20..24].copy_from_slice(&self.orig_ifindex.to_ne_bytes());
         b[24..40].copy_from_slice(&self.nat_addr);
         b[40..42].copy_from_slice(&self.nat_port.to_ne_bytes());
         b[42] = self.nat_flags;
         b[43] = self._pad3;
-        b[44..48].copy_from_slice(&self._pad4.to_ne_bytes());
+        b[44..48].copy_from_slice(&self.resp_ifindex.to_ne_bytes());
         b
     }
 
@@ -668,12 +732,12 @@ impl CtEntry {
             _pad: b[11],
             orig_rule: u32_at(12),
             resp_rule: u32_at(16),
-            _pad2: u32_at(20),
+            orig_ifindex: u32_at(20),
             nat_addr: addr_at(b, 24),
             nat_port: u16::from_ne_bytes([b[40], b[41]]),
             nat_flags: b[42],
             _pad3: b[43],
-            _pad4: u32_at(44),
+            resp_ifindex: u32_at(44),
         }
     }
 }
@@ -858,6 +922,9 @@ const _: () = assert!(core::mem::size_of::<NatBackend>() == NAT_BACKEND_SIZE);
 const _: () = assert!(core::mem::size_of::<NatAffinityKey>() == NAT_AFF_KEY_SIZE);
 const _: () = assert!(core::mem::size_of::<NatAffinity>() == NAT_AFFINITY_SIZE);
 const _: () = assert!(core::mem::size_of::<Endpoint>() == ENDPOINT_SIZE);
+// The runtime compares addr_v6 as two u64 words.
+const _: () = assert!(core::mem::offset_of!(Endpoint, addr_v6) == 32);
+const _: () = assert!(core::mem::align_of::<Endpoint>() == 8);
 const _: () = assert!(core::mem::size_of::<CtKey>() == CT_KEY_SIZE);
 const _: () = assert!(core::mem::size_of::<CtEntry>() == CT_ENTRY_SIZE);
 const _: () = assert!(drop_reason::NAMES.len() <= drop_reason::COUNT as usize);
@@ -973,30 +1040,43 @@ mod tests {
             _pad: 0,
             orig_rule: 7,
             resp_rule: RULE_ID_NONE,
-            _pad2: 0,
+            orig_ifindex: 0x0a0b_0c0d,
             nat_addr: [10, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9],
             nat_port: 8080,
             nat_flags: ct_nat::REV_NAT,
             _pad3: 0,
-            _pad4: 0,
+            resp_ifindex: 0x0e0f_1011,
         };
         assert_eq!(CtEntry::from_bytes(&e.to_bytes()), e);
+        assert_eq!(e.to_bytes()[20..24], 0x0a0b_0c0du32.to_ne_bytes());
+        assert_eq!(e.to_bytes()[44..48], 0x0e0f_1011u32.to_ne_bytes());
         // SAFETY: repr(C) with explicit padding, CT_ENTRY_SIZE bytes.
         let image: [u8; CT_ENTRY_SIZE] = unsafe { core::mem::transmute(e) };
         assert_eq!(image, e.to_bytes());
-        let ep = Endpoint {
+        let mut ep = Endpoint {
             endpoint_id: 1,
             ingress_slot: 2,
             egress_slot: 3,
             flags: 0,
             ingress_slot_v6: 4,
             egress_slot_v6: SLOT_NONE,
+            ..Endpoint::default()
         };
-        // SAFETY: repr(C), six u32.
+        ep.set_address(core::net::IpAddr::from([10, 0, 0, 7]));
+        ep.set_address(core::net::IpAddr::from([0xfd77, 0, 0, 0, 0, 0, 0, 0x0102]));
+        // SAFETY: repr(C) with no padding holes: six u32, 4 bytes, a u32, 16 bytes.
         let image: [u8; ENDPOINT_SIZE] = unsafe { core::mem::transmute(ep) };
         assert_eq!(image, ep.to_bytes());
         assert_eq!(Endpoint::from_bytes(&image), ep);
+        assert_eq!(&image[24..28], &[10, 0, 0, 7]);
+        assert_eq!(image[47], 2);
+        assert_eq!(ep.address_v4(), Some(core::net::Ipv4Addr::new(10, 0, 0, 7)));
+        assert_eq!(ep.address_v6().map(|a| a.segments()[7]), Some(0x0102));
         assert_eq!(Endpoint::default().egress_slot_v6, SLOT_NONE);
+        assert_eq!(
+            (Endpoint::default().address_v4(), Endpoint::default().address_v6()),
+            (None, None)
+        );
     }
 
     #[test]
