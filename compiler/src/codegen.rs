@@ -8,7 +8,7 @@
 //! protocol, port, address). Both maps' contents are part of the compile output.
 //! This is the baseline the optimiser is measured and cross-checked against.
 
-use crate::asm::{helper, AluOp, Asm, AsmError, Cond, Insn, Label, Program, Pseudo, Reg, Size};
+use crate::asm::{helper, AluOp, Asm, AsmError, Cond, Insn, Label, Program, Reg, Size};
 use polc_abi as abi;
 use polc_ir::{
     proto, Action, Direction, EndMatch, EndpointPolicy, Family, IcmpMatch, Match, PortMatch,
@@ -169,10 +169,6 @@ pub enum RuleKey {
         direction: Direction,
         passed: bool,
     },
-    /// The endpoint's side of the flow is not one of its addresses: deny (anti-spoofing).
-    NotOwnAddress {
-        direction: Direction,
-    },
 }
 
 impl RuleKey {
@@ -190,10 +186,6 @@ impl RuleKey {
             }
             RuleKey::Profile { passed: true, .. } => {
                 "passed out of the last tier: default profile allows".to_string()
-            }
-            RuleKey::NotOwnAddress { .. } => {
-                "the endpoint's side of the flow is not its address: deny (anti-spoofing)"
-                    .to_string()
             }
         }
     }
@@ -357,18 +349,8 @@ fn emit(
         limits,
     };
     e.open_part();
-    let own_off = match ep.direction {
-        Direction::Ingress => abi::FLOW_DST_ADDR as i16,
-        Direction::Egress => abi::FLOW_SRC_ADDR as i16,
-    };
-    let own: Vec<IpAddr> =
-        ep.addresses.iter().copied().filter(|a| Family::of(a) == family).collect();
-    let spoofed = rules.id(RuleKey::NotOwnAddress { direction: ep.direction });
-    e.g.a.comment(format!(
-        "the flow's {} must be this endpoint's address, else deny (rule id {spoofed})",
-        if ep.direction == Direction::Ingress { "destination" } else { "source" }
-    ));
-    own_address_check(&mut e.g.a, own_off, &own, spoofed, e.part.decide);
+    // The runtime has already dropped flows whose endpoint side is not the endpoint's own
+    // address (anti-spoofing, docs/semantics.md): the program decides only the rest.
     if ep.tiers.is_empty() {
         let key = RuleKey::Profile { direction: ep.direction, passed: false };
         let id = rules.id(key.clone());
@@ -844,92 +826,6 @@ impl Gen {
             }
         }
     }
-}
-
-/// Deny (as `id`, then jump to `decide`) unless the endpoint's side of the flow — at
-/// `own_off` in the state — is one of `addrs` (the endpoint's addresses of this family).
-/// The policy only describes the endpoint's own traffic (see `TraceStep::NotOwnAddress`).
-pub(crate) fn own_address_check(
-    a: &mut Asm,
-    own_off: i16,
-    addrs: &[IpAddr],
-    id: u32,
-    decide: Label,
-) {
-    let ok = a.label();
-    for addr in addrs {
-        let next = a.label();
-        let chunks = address_words(addr);
-        let last = chunks.len() - 1;
-        for (i, (size, word)) in chunks.into_iter().enumerate() {
-            let off = own_off + if size == Size::W { 0 } else { 8 * i as i16 };
-            a.push(Insn::ldx(size, Reg::R1, STATE, off));
-            a.push(Insn::ld_imm64(Reg::R2, word));
-            if i == last {
-                a.jump_if(Cond::Eq, Reg::R1, Reg::R2, ok);
-            } else {
-                a.jump_if(Cond::Ne, Reg::R1, Reg::R2, next);
-            }
-        }
-        a.bind(next);
-    }
-    a.push(Insn::mov64(VERDICT, abi::verdict::DENY as i32));
-    a.push(Insn::mov64(RULE_ID, id as i32));
-    a.jump(decide);
-    a.bind(ok);
-}
-
-/// An address as the program loads it from the state: native-endian words, zero-extended
-/// (one 32-bit word for IPv4, two 64-bit words for IPv6).
-pub(crate) fn address_words(addr: &IpAddr) -> Vec<(Size, u64)> {
-    match addr {
-        IpAddr::V4(v) => vec![(Size::W, u32::from_ne_bytes(v.octets()) as u64)],
-        IpAddr::V6(v) => v
-            .octets()
-            .chunks(8)
-            .map(|c| {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(c);
-                (Size::DW, u64::from_ne_bytes(w))
-            })
-            .collect(),
-    }
-}
-
-/// Rewrites the address words that [`own_address_check`] put in `p` from the addresses
-/// `from` to `to` (same count and family, same order), returning how many it rewrote;
-/// `None` if a candidate site does not hold the expected word (the caller then generates
-/// the program afresh instead).
-pub(crate) fn retarget_own_address(
-    p: &mut Program,
-    own_off: i16,
-    from: &[IpAddr],
-    to: &[IpAddr],
-) -> Option<usize> {
-    let words = |addrs: &[IpAddr]| -> Vec<u64> {
-        addrs.iter().flat_map(|a| address_words(a).into_iter().map(|(_, w)| w)).collect()
-    };
-    let (old, new) = (words(from), words(to));
-    if old.len() != new.len() {
-        return None;
-    }
-    let mut k = 0;
-    for i in 1..p.insns.len() {
-        let site = matches!(
-            p.insns[i - 1],
-            Insn::Ldx { dst: Reg::R1, src: STATE, off, .. } if (own_off..own_off + 16).contains(&off)
-        );
-        if let (true, Insn::LdImm64 { dst: Reg::R2, pseudo: Pseudo::None, imm }) =
-            (site, p.insns[i])
-        {
-            if old.get(k) != Some(&imm) {
-                return None;
-            }
-            p.insns[i] = Insn::ld_imm64(Reg::R2, *new.get(k)?);
-            k += 1;
-        }
-    }
-    Some(k)
 }
 
 /// The IP-set LPM entries for `family`: (key, value) with value = set id (for debugging).

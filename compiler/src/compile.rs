@@ -148,14 +148,6 @@ fn families(ep: &EndpointPolicy) -> Vec<Family> {
     f
 }
 
-/// Offset in the flow state of the endpoint's own address.
-fn own_offset(direction: Direction) -> i16 {
-    match direction {
-        Direction::Ingress => polc_abi::FLOW_DST_ADDR as i16,
-        Direction::Egress => polc_abi::FLOW_SRC_ADDR as i16,
-    }
-}
-
 /// Generate programs (at the default level, -O2) for every endpoint x direction x family of
 /// `ir`, deduplicated.
 pub fn compile_ir(ir: Ir) -> Result<Compiled> {
@@ -175,17 +167,17 @@ pub fn compile_ir_with(ir: Ir, options: Options) -> Result<Compiled> {
                 format!("endpoint {} {} IPv{}", ep.endpoint, ep.direction.as_str(), family.number())
             };
             // An endpoint whose policy has the shape of one already compiled (a replica)
-            // gets that program with its own address put into the address check.
-            let reused =
-                options.share_shapes.then(|| shapes.find(&ir.endpoints, ep, family)).flatten();
-            let (generated, local_maps, opt_level, fallback) = match reused {
-                Some(r) => r,
-                None => {
-                    let g = generate_one(ep, family, &mut rules, &options, &what)?;
-                    shapes.insert(ep_index, ep, family, &g);
-                    g
+            // shares that program: nothing is generated.
+            if options.share_shapes {
+                if let Some(i) = shapes.find(&ir.endpoints, ep, family) {
+                    if let Some(p) = programs.get_mut(i) {
+                        p.endpoints.push(ep.endpoint.clone());
+                        continue;
+                    }
                 }
-            };
+            }
+            let (generated, local_maps, opt_level, fallback) =
+                generate_one(ep, family, &mut rules, &options, &what)?;
             let mut parts = Vec::new();
             for program in generated.parts {
                 let bytes = program.try_to_bytes().map_err(Error::other)?;
@@ -199,6 +191,7 @@ pub fn compile_ir_with(ir: Ir, options: Options) -> Result<Compiled> {
             );
             if let Some(&i) = by_bytes.get(&key) {
                 programs[i].endpoints.push(ep.endpoint.clone());
+                shapes.insert(ep_index, ep, family, i);
                 continue;
             }
             let inlined: Vec<u32> = codegen::map_specs(family, 0, 0, 0)
@@ -212,6 +205,7 @@ pub fn compile_ir_with(ir: Ir, options: Options) -> Result<Compiled> {
             let worst_case = chained_worst_case(&parts, &generated.next_parts, &inlined)
                 .map_err(|e| Error::other(format!("{}: CFG analysis: {e}", what())))?;
             by_bytes.insert(key, programs.len());
+            shapes.insert(ep_index, ep, family, programs.len());
             programs.push(CompiledProgram {
                 endpoints: vec![ep.endpoint.clone()],
                 direction: ep.direction,
@@ -275,9 +269,9 @@ fn generate_one(
 }
 
 /// Programs already generated, by the shape of their endpoint's policy: endpoints with equal
-/// rules and sets, and the same relation of their own address to those sets, get the same
-/// code except for the address in the anti-spoofing check (codegen and -O2 use the own
-/// address for nothing else). Replicas of one workload compile once.
+/// rules and sets, and the same relation of their own address to those sets (the only use
+/// -O2 makes of the own address; -O0 makes none), get the same code. Replicas of one
+/// workload compile once and share one program.
 #[derive(Default)]
 struct ShapeMemo {
     by_hash: std::collections::HashMap<u64, Vec<Shaped>>,
@@ -287,14 +281,15 @@ struct Shaped {
     /// Index of the endpoint it was generated for, in `Ir::endpoints`.
     ep_index: usize,
     family: Family,
-    own: Vec<std::net::IpAddr>,
+    own: usize,
     relation: Vec<u8>,
-    program: OneProgram,
+    /// Index into the compiled programs.
+    program: usize,
 }
 
 /// The own addresses of `family`, and how they relate to the policy's sets: membership in
 /// every IP set, and the named ports they carry in every port set.
-fn own_relation(ep: &EndpointPolicy, family: Family) -> (Vec<std::net::IpAddr>, Vec<u8>) {
+fn own_relation(ep: &EndpointPolicy, family: Family) -> (usize, Vec<u8>) {
     let own: Vec<std::net::IpAddr> =
         ep.addresses.iter().copied().filter(|a| Family::of(a) == family).collect();
     let mut rel = Vec::new();
@@ -309,7 +304,7 @@ fn own_relation(ep: &EndpointPolicy, family: Family) -> (Vec<std::net::IpAddr>, 
             rel.push(3);
         }
     }
-    (own, rel)
+    (own.len(), rel)
 }
 
 /// A cheap summary of the policy; equal shapes are then confirmed field by field.
@@ -338,14 +333,14 @@ impl ShapeMemo {
         endpoints: &[EndpointPolicy],
         ep: &EndpointPolicy,
         family: Family,
-    ) -> Option<OneProgram> {
+    ) -> Option<usize> {
         let (own, relation) = own_relation(ep, family);
-        let hash = shape_hash(ep, family, own.len(), &relation);
+        let hash = shape_hash(ep, family, own, &relation);
         let found = self.by_hash.get(&hash)?.iter().find(|s| {
             let rep = endpoints.get(s.ep_index);
             s.family == family
                 && s.relation == relation
-                && s.own.len() == own.len()
+                && s.own == own
                 && rep.is_some_and(|r| {
                     r.direction == ep.direction
                         && r.tiers == ep.tiers
@@ -353,27 +348,17 @@ impl ShapeMemo {
                         && r.port_sets == ep.port_sets
                 })
         })?;
-        let (mut generated, local_maps, level, fallback) = found.program.clone();
-        let own_off = own_offset(ep.direction);
-        let mut patched = 0;
-        for part in &mut generated.parts {
-            patched += codegen::retarget_own_address(part, own_off, &found.own, &own)?;
-        }
-        // Every word of every address, exactly once; anything else: generate afresh.
-        let words: usize = own.iter().map(|a| codegen::address_words(a).len()).sum();
-        (patched == words).then_some((generated, local_maps, level, fallback))
+        Some(found.program)
     }
 
-    fn insert(&mut self, ep_index: usize, ep: &EndpointPolicy, family: Family, p: &OneProgram) {
+    fn insert(&mut self, ep_index: usize, ep: &EndpointPolicy, family: Family, program: usize) {
         let (own, relation) = own_relation(ep, family);
-        let hash = shape_hash(ep, family, own.len(), &relation);
-        self.by_hash.entry(hash).or_default().push(Shaped {
-            ep_index,
-            family,
-            own,
-            relation,
-            program: p.clone(),
-        });
+        let hash = shape_hash(ep, family, own, &relation);
+        let shapes = self.by_hash.entry(hash).or_default();
+        // One representative per shape is enough.
+        if !shapes.iter().any(|s| s.program == program && s.relation == relation) {
+            shapes.push(Shaped { ep_index, family, own, relation, program });
+        }
     }
 }
 

@@ -323,7 +323,6 @@ pub fn explain_compiled(
         }
         Some(RuleKey::Profile { passed: false, .. }) => TraceStep::NoPolicy,
         Some(RuleKey::Profile { passed: true, .. }) => TraceStep::ProfileAfterPass,
-        Some(RuleKey::NotOwnAddress { .. }) => TraceStep::NotOwnAddress,
         None => {
             return Err(Error::other(format!(
                 "program reported unknown rule id {}",

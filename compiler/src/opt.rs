@@ -125,7 +125,7 @@ pub fn generate(
     tuning: Tuning,
 ) -> Result<Result<Optimised, Fallback>, crate::asm::AsmError> {
     match generate_with(ep, family, rules, tuning)? {
-        Err(Fallback(why)) if why.contains(TOO_MANY_INSNS) && tuning.max_code_pairs > 0 => {
+        Err(Fallback(why)) if why.contains(PAIRS_IN_CODE) && tuning.max_code_pairs > 0 => {
             generate_with(ep, family, rules, Tuning { max_code_pairs: 0 })
         }
         other => Ok(other),
@@ -133,6 +133,9 @@ pub fn generate(
 }
 
 const TOO_MANY_INSNS: &str = "instructions (at most";
+/// Marks a too-large program whose pair table was code: worth one more try with the table
+/// in a hash map (any other too-large program would be too large again).
+const PAIRS_IN_CODE: &str = "with the pair table in code";
 
 fn generate_with(
     ep: &EndpointPolicy,
@@ -222,6 +225,14 @@ fn generate_with(
     // partition of the rules constrained on both sides only.
     let port_rules: Vec<&FlatRule> = flat.iter().filter(|r| r.port_dependent).collect();
     let tree = ctx.build_port_tree(&port_rules);
+    // The tree's search has a compare per inner node and at least one instruction per
+    // leaf: past half the budget it cannot fit, whatever follows (fail before the pairs).
+    if tree.leaves.len() > MAX_SLOTS / 2 {
+        return fallback(format!(
+            "{} port classes: the port tree alone exceeds {MAX_SLOTS} instructions",
+            tree.leaves.len()
+        ));
+    }
     let pair_rules: Vec<&FlatRule> =
         flat.iter().filter(|r| r.port_dependent && r.addr_dependent).collect();
     let pair_tree = ctx.build_port_tree(&pair_rules);
@@ -352,13 +363,8 @@ fn generate_with(
     a.push(Insn::mov64(STATE, Reg::R0));
 
     let peer_off = if peer_is_src { abi::FLOW_SRC_ADDR as i16 } else { abi::FLOW_DST_ADDR as i16 };
-    let own_off = if peer_is_src { abi::FLOW_DST_ADDR as i16 } else { abi::FLOW_SRC_ADDR as i16 };
-    let spoofed = rules.id(RuleKey::NotOwnAddress { direction: ep.direction });
-    a.comment(format!(
-        "the flow's {} must be this endpoint's address, else deny (rule id {spoofed})",
-        if peer_is_src { "destination" } else { "source" }
-    ));
-    crate::codegen::own_address_check(&mut a, own_off, &[ctx.own], spoofed, decide);
+    // The runtime drops flows whose endpoint side is not the endpoint's address before any
+    // policy, so the tables below fold that side to `own` (docs/semantics.md).
     if use_classes {
         a.comment("address class of the peer: one LPM lookup (r9 = class value)");
         a.push(Insn::st(Size::W, Reg::R10, STACK_LPM_KEY, family.bits() as i32));
@@ -533,7 +539,8 @@ fn generate_with(
     a.push(Insn::mov64(Reg::R0, abi::TC_ACT_SHOT));
     a.push(Insn::exit());
     if a.slots() > MAX_SLOTS {
-        return fallback(format!("{} {TOO_MANY_INSNS} {MAX_SLOTS})", a.slots()));
+        let how = if any_h && !pairs_in_map { format!(" {PAIRS_IN_CODE}") } else { String::new() };
+        return fallback(format!("{} {TOO_MANY_INSNS} {MAX_SLOTS}){how}", a.slots()));
     }
     let program = a.assemble()?;
 
