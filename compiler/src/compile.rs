@@ -11,6 +11,7 @@ use polc_ir::{Direction, EndpointPolicy, Family, Ir};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Output format of `compile` and `explain`.
@@ -312,7 +313,7 @@ fn shape_hash(ep: &EndpointPolicy, family: Family, own: usize, relation: &[u8]) 
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (ep.direction.as_str(), family.number(), own, relation).hash(&mut h);
-    for t in &ep.tiers {
+    for t in ep.tiers.iter() {
         t.name.hash(&mut h);
         for p in &t.policies {
             (p.source.qualified_name(), &p.source.kind, p.rules.len()).hash(&mut h);
@@ -343,7 +344,7 @@ impl ShapeMemo {
                 && s.own == own
                 && rep.is_some_and(|r| {
                     r.direction == ep.direction
-                        && r.tiers == ep.tiers
+                        && (Arc::ptr_eq(&r.tiers, &ep.tiers) || r.tiers == ep.tiers)
                         && r.ip_sets == ep.ip_sets
                         && r.port_sets == ep.port_sets
                 })

@@ -6,7 +6,7 @@
 //! matches all peers, ports are OR'ed, so one rule becomes one IR rule per protocol; a port
 //! without protocol is TCP (frontend default); named ports resolve against the destination pod.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use polc_ir::{
@@ -44,6 +44,8 @@ enum PeerField {
     K8sPeers,
     CalicoSelector,
     CalicoNotSelector,
+    Nets,
+    NotNets,
 }
 
 impl SetTable {
@@ -84,10 +86,28 @@ impl SetTable {
 pub fn lower(cluster: &Cluster) -> Ir {
     let resolver = Resolver::new(cluster);
     let mut sets = SetTable::default();
-    let mut endpoints = Vec::new();
+    let mut endpoints: Vec<EndpointPolicy> = Vec::new();
+    // Replicas: pods with the same namespace, labels, service account and container ports
+    // get the same rules, so they are lowered once (unless the result holds a set of the
+    // pod's own named ports, which names the pod's address). Index into `endpoints`.
+    type Replica<'c> = (Direction, &'c str, &'c model::Labels, &'c str, &'c [model::ContainerPort]);
+    let mut lowered: HashMap<Replica<'_>, usize> = HashMap::new();
     for pod in resolver.endpoints() {
         for dir in [Direction::Ingress, Direction::Egress] {
-            endpoints.push(lower_endpoint(&resolver, &mut sets, pod, dir));
+            let key = (dir, &*pod.namespace, &pod.labels, &*pod.service_account, &*pod.ports);
+            if let Some(ep) = lowered.get(&key).and_then(|&i| endpoints.get(i)) {
+                endpoints.push(EndpointPolicy {
+                    endpoint: format!("{}/{}", pod.namespace, pod.name),
+                    addresses: pod.ips.clone(),
+                    ..ep.clone()
+                });
+                continue;
+            }
+            let (ep, pod_specific) = lower_endpoint_with(&resolver, &mut sets, pod, dir);
+            if !pod_specific {
+                lowered.insert(key, endpoints.len());
+            }
+            endpoints.push(ep);
         }
     }
     Ir { endpoints, ip_sets: sets.ip_sets, port_sets: sets.port_sets }
@@ -101,7 +121,18 @@ pub fn lower_endpoint(
     pod: &Pod,
     direction: Direction,
 ) -> EndpointPolicy {
-    let mut cx = Lowering { resolver, sets, pod, direction };
+    lower_endpoint_with(resolver, sets, pod, direction).0
+}
+
+/// [`lower_endpoint`], and whether the result depends on the pod itself beyond its
+/// namespace, labels, service account and ports (a set of its own named ports).
+fn lower_endpoint_with(
+    resolver: &Resolver<'_>,
+    sets: &mut SetTable,
+    pod: &Pod,
+    direction: Direction,
+) -> (EndpointPolicy, bool) {
+    let mut cx = Lowering { resolver, sets, pod, direction, pod_specific: false };
     let tiers: Vec<Tier> =
         resolver.applicable(pod, direction).iter().map(|t| cx.lower_tier(t)).collect();
     let mut ip_ids = BTreeSet::new();
@@ -114,14 +145,15 @@ pub fn lower_endpoint(
             }
         }
     }
-    EndpointPolicy {
+    let ep = EndpointPolicy {
         endpoint: format!("{}/{}", pod.namespace, pod.name),
         addresses: pod.ips.clone(),
         direction,
-        tiers,
+        tiers: Arc::new(tiers),
         ip_sets: ip_ids.into_iter().filter_map(|id| cx.sets.get_ip(id)).collect(),
         port_sets: port_ids.into_iter().filter_map(|id| cx.sets.get_port(id)).collect(),
-    }
+    };
+    (ep, cx.pod_specific)
 }
 
 struct Lowering<'r, 'a, 's> {
@@ -129,6 +161,9 @@ struct Lowering<'r, 'a, 's> {
     sets: &'s mut SetTable,
     pod: &'r Pod,
     direction: Direction,
+    /// Set when a rule resolved to a set naming this pod's own address (own named ports
+    /// without a protocol): the result cannot be reused for a replica.
+    pod_specific: bool,
 }
 
 fn provenance(
@@ -287,17 +322,22 @@ impl Lowering<'_, '_, '_> {
         ns: Option<&str>,
     ) -> EndMatch {
         let mut m = EndMatch::default();
+        // The rule's identity: its sets do not depend on the endpoint, so every endpoint
+        // after the first reuses them (this is most of lowering's time at 10k rules).
+        let key = e as *const EntityRule as usize;
+        let nets = |nets: &[model::Cidr]| {
+            let mut members: Vec<Prefix> = nets.iter().filter_map(prefix_of).collect();
+            members.sort();
+            members.dedup();
+            let names: Vec<String> = nets.iter().map(|c| c.to_string()).collect();
+            Some(PeerSet { origin: format!("nets {}", names.join(" ")), members })
+        };
         if !e.nets.is_empty() {
-            let members: Vec<Prefix> = e.nets.iter().filter_map(prefix_of).collect();
-            let names: Vec<String> = e.nets.iter().map(|c| c.to_string()).collect();
-            m.in_sets.push(self.intern_sorted(format!("nets {}", names.join(" ")), members));
+            m.in_sets.extend(self.cached(key, PeerField::Nets, |_| nets(&e.nets)));
         }
         if !e.not_nets.is_empty() {
-            let members: Vec<Prefix> = e.not_nets.iter().filter_map(prefix_of).collect();
-            let names: Vec<String> = e.not_nets.iter().map(|c| c.to_string()).collect();
-            m.not_in_sets.push(self.intern_sorted(format!("nets {}", names.join(" ")), members));
+            m.not_in_sets.extend(self.cached(key, PeerField::NotNets, |_| nets(&e.not_nets)));
         }
-        let key = e as *const EntityRule as usize;
         let sel = self.cached(key, PeerField::CalicoSelector, |res| res.calico_peers(e, ns));
         m.in_sets.extend(sel);
         let not = self.cached(key, PeerField::CalicoNotSelector, |res| res.calico_not_peers(e, ns));
@@ -349,6 +389,7 @@ impl Lowering<'_, '_, '_> {
                             self.pod.namespace, self.pod.name
                         );
                         pm.named.push(self.sets.port(origin, own));
+                        self.pod_specific = true;
                     }
                 } else {
                     let key = (name.clone(), protocol);
@@ -381,12 +422,6 @@ impl Lowering<'_, '_, '_> {
         let id = resolve(self.resolver).map(|p| self.sets.ip(p.origin, p.members));
         self.sets.peer_cache.insert((key, field), id);
         id
-    }
-
-    fn intern_sorted(&mut self, origin: String, mut members: Vec<Prefix>) -> IpSetId {
-        members.sort();
-        members.dedup();
-        self.sets.ip(origin, members)
     }
 }
 

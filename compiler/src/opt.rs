@@ -318,7 +318,7 @@ fn generate_with(
 
     // Tier defaults and the profile.
     let mut defaults = Vec::new();
-    for tier in &ep.tiers {
+    for tier in ep.tiers.iter() {
         defaults.push(match tier.default_action {
             TierDefault::Deny => Some(
                 rules.id(RuleKey::TierDefault { direction: ep.direction, tier: tier.name.clone() }),
@@ -916,7 +916,7 @@ impl<'a> Context<'a> {
             endpoint: ep.endpoint.clone(),
             addresses: ep.addresses.clone(),
             direction: ep.direction,
-            tiers: Vec::new(),
+            tiers: Default::default(),
             ip_sets: ep.ip_sets.clone(),
             port_sets: ep.port_sets.clone(),
         };

@@ -57,7 +57,7 @@ fn ports(c: &Compiled) -> Vec<u16> {
         }
     };
     for ep in &c.ir.endpoints {
-        for t in &ep.tiers {
+        for t in ep.tiers.iter() {
             for p in &t.policies {
                 for r in &p.rules {
                     for end in [&r.matches.src, &r.matches.dst] {

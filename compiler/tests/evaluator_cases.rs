@@ -1383,7 +1383,7 @@ fn lower_scale() {
     let rules: usize = ir
         .endpoints
         .iter()
-        .flat_map(|e| &e.tiers)
+        .flat_map(|e| e.tiers.iter())
         .flat_map(|t| &t.policies)
         .map(|p| p.rules.len())
         .sum();

@@ -650,7 +650,7 @@ fn addresses(ir: &Ir, family: Family) -> Vec<IpAddr> {
 fn ports(ir: &Ir) -> Vec<u16> {
     let mut out = BTreeSet::from([0u16, 1, 53, 80, 443, 8080, 65535]);
     for ep in &ir.endpoints {
-        for t in &ep.tiers {
+        for t in ep.tiers.iter() {
             for p in &t.policies {
                 for r in &p.rules {
                     for end in [&r.matches.src, &r.matches.dst] {

@@ -70,3 +70,28 @@ fn the_demo_and_every_case_compile_the_same_with_and_without_sharing() {
         }
     }
 }
+
+/// Lowering reuses a replica's rules (same namespace, labels, service account and ports):
+/// every endpoint must equal what lowering that pod on its own gives.
+#[test]
+fn lowering_replicas_once_gives_what_lowering_each_pod_gives() {
+    let yaml =
+        polc::synth::cluster_yaml(polc::synth::Spec { rules: 400, pods: 60, seed: 5, replicas: 6 });
+    let mut inputs = vec![polc::frontend::load_str("synth.yaml", &yaml).expect("loads")];
+    let demo = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/demo"));
+    inputs.push(polc::frontend::load(&[demo]).expect("demo loads"));
+    for cluster in &inputs {
+        let ir = polc::lower::lower(cluster);
+        let resolver = polc::resolve::Resolver::new(cluster);
+        let mut sets = polc::lower::SetTable::default();
+        let mut i = 0;
+        for pod in resolver.endpoints() {
+            for dir in [polc_ir::Direction::Ingress, polc_ir::Direction::Egress] {
+                let alone = polc::lower::lower_endpoint(&resolver, &mut sets, pod, dir);
+                assert_eq!(Some(&alone), ir.endpoints.get(i), "{}", alone.endpoint);
+                i += 1;
+            }
+        }
+        assert_eq!(i, ir.endpoints.len());
+    }
+}

@@ -86,7 +86,7 @@ pub fn evaluate(policy: &EndpointPolicy, flow: &Flow) -> Decision {
         trace.push(TraceStep::NoPolicy);
         return Decision { verdict: Verdict::Allow, trace };
     }
-    'tiers: for tier in &policy.tiers {
+    'tiers: for tier in policy.tiers.iter() {
         for pol in &tier.policies {
             for rule in &pol.rules {
                 if !rule_matches(policy, &rule.matches, flow) {
@@ -241,7 +241,7 @@ mod tests {
             endpoint: "ns/pod".into(),
             addresses: vec![ip("10.0.1.1")],
             direction: crate::types::Direction::Ingress,
-            tiers,
+            tiers: std::sync::Arc::new(tiers),
             ip_sets: vec![Arc::new(set)],
             port_sets: vec![],
         }

@@ -110,7 +110,7 @@ fn write_endpoint_header(out: &mut String, e: &EndpointPolicy) -> fmt::Result {
     if e.tiers.is_empty() {
         writeln!(out, "  no policy: default profile allows")?;
     }
-    for t in &e.tiers {
+    for t in e.tiers.iter() {
         write_tier(out, t)?;
     }
     Ok(())

@@ -224,7 +224,8 @@ pub struct EndpointPolicy {
     pub addresses: Vec<IpAddr>,
     pub direction: Direction,
     /// In evaluation order; empty = no policy selects the endpoint (default profile: allow).
-    pub tiers: Vec<Tier>,
+    /// Shared: replicas of a workload have the same tiers (lowered once).
+    pub tiers: Arc<Vec<Tier>>,
     /// The sets the rules refer to, sorted by id.
     pub ip_sets: Vec<Arc<IpSet>>,
     pub port_sets: Vec<Arc<PortSet>>,

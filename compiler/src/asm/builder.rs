@@ -183,28 +183,22 @@ impl Asm {
                 _ => None,
             })
             .collect();
-        // A jump to a label bound before the next instruction is a no-op: drop it (until
-        // none is left: dropping one can make the jump before it one too).
-        let mut items = items;
-        loop {
-            let before = items.len();
-            items = items
-                .iter()
-                .enumerate()
-                .filter(|(i, item)| {
-                    // Conditional or not: either way execution continues at the label.
-                    let Item::Jump { target, .. } = item else { return true };
-                    !items[i + 1..]
-                        .iter()
-                        .take_while(|next| matches!(next, Item::Bind(_) | Item::Comment(_)))
-                        .any(|next| matches!(next, Item::Bind(l) if l == target))
-                })
-                .map(|(_, item)| item.clone())
-                .collect();
-            if items.len() == before {
-                break;
+        // A jump to a label bound before the next instruction is a no-op: drop it. One
+        // backward pass: `landing` holds the labels bound between here and the next kept
+        // instruction, so dropping a jump lets the jump before it see through it too.
+        let mut keep = vec![true; items.len()];
+        let mut landing: Vec<Label> = Vec::new();
+        for (i, item) in items.iter().enumerate().rev() {
+            match item {
+                Item::Bind(l) => landing.push(*l),
+                Item::Comment(_) => {}
+                // Conditional or not: either way execution continues at the label.
+                Item::Jump { target, .. } if landing.contains(target) => keep[i] = false,
+                _ => landing.clear(),
             }
         }
+        let items: Vec<Item> =
+            items.into_iter().zip(keep).filter_map(|(item, k)| k.then_some(item)).collect();
         let mut bound: Vec<Option<usize>> = vec![None; self.labels];
         for (i, item) in items.iter().enumerate() {
             if let Item::Bind(Label(l)) = item {

@@ -92,7 +92,7 @@ pub struct Pod {
 }
 
 /// One `containers[].ports[]` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ContainerPort {
     pub name: Option<String>,
     pub port: u16,
