@@ -1,4 +1,4 @@
-//! `polc bench`: per-packet cost of the generated policy in the kernel, -O0 against -O2,
+//! `polc bench`: per-packet cost of the generated policy in the kernel, -O0, -O1 and -O2,
 //! on synthetic policy sets of growing size (`crate::synth`), measured with
 //! `BPF_PROG_TEST_RUN` in one run so the numbers are comparable.
 
@@ -57,7 +57,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let yaml = cluster_yaml(Spec { rules, pods: args.pods, seed: 42, replicas: 1 });
         let cluster = crate::frontend::load_str("synth.yaml", &yaml)?;
         let ir = crate::lower::lower(&cluster);
-        for opt_level in [0u8, 2] {
+        for opt_level in [0u8, 1, 2] {
             let options = Options { opt_level, ..Options::default() };
             let compiled = compile_ir_with(ir.clone(), options)?;
             let index = compiled

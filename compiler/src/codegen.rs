@@ -12,7 +12,7 @@ use crate::asm::{helper, AluOp, Asm, AsmError, Cond, Insn, Label, Program, Reg, 
 use polc_abi as abi;
 use polc_ir::{
     proto, Action, Direction, EndMatch, EndpointPolicy, Family, IcmpMatch, Match, PortMatch,
-    TierDefault,
+    Prefix, TierDefault,
 };
 pub use polc_loader::sys::MapKind;
 use std::collections::BTreeMap;
@@ -37,7 +37,16 @@ pub mod map {
     pub const CLASSES: u32 = 6;
     /// The program's own hash of address x port pairs (-O2 programs with many).
     pub const PAIRS: u32 = 7;
+    /// The program's own LPM map: peer address -> bitmap of the peer-side sets holding it
+    /// (-O1 programs).
+    pub const PEER_BITS: u32 = 8;
 }
+
+/// A map's (key, value) entries, as bytes.
+pub type MapContents = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Most peer-side sets an -O1 program tests by bitmap (each is one bit of every entry).
+pub const MAX_PEER_BITS: usize = 16 * 1024;
 
 /// A map a generated program refers to, by handle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,6 +238,9 @@ const CTX: Reg = Reg::R6;
 const STATE: Reg = Reg::R7;
 const VERDICT: Reg = Reg::R8;
 const RULE_ID: Reg = Reg::R9;
+/// -O1: the peer's set bitmap while rules are evaluated (`RULE_ID` is only written right
+/// before jumping to `decide`, and fixed-id hit counting leaves it alone).
+const PEER_BITS: Reg = Reg::R9;
 
 /// Size limits of one generated program.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,16 +321,128 @@ pub fn generate(
     rules: &mut RuleTable,
     limits: Limits,
 ) -> Result<Generated, CodegenError> {
+    generate_with(ep, family, rules, limits, None)
+}
+
+/// -O1: the -O0 program, except that every test of the peer's address against a set is a
+/// bit test in one bitmap the part's prologue looks up once (LPM: peer address -> the
+/// peer-side sets holding it), instead of one LPM lookup per test. Also returns that map.
+/// `None` when the policy has no peer-side set or more than [`MAX_PEER_BITS`].
+pub fn generate_peer_bits(
+    ep: &EndpointPolicy,
+    family: Family,
+    rules: &mut RuleTable,
+    limits: Limits,
+) -> Result<Option<(Generated, MapSpec, MapContents)>, CodegenError> {
+    let Some(bits) = PeerBits::of(ep, family) else { return Ok(None) };
+    let (spec, entries) = bits.map(ep, family);
+    let g = generate_with(ep, family, rules, limits, Some(&bits))?;
+    Ok(Some((g, spec, entries)))
+}
+
+fn generate_with(
+    ep: &EndpointPolicy,
+    family: Family,
+    rules: &mut RuleTable,
+    limits: Limits,
+    bits: Option<&PeerBits>,
+) -> Result<Generated, CodegenError> {
     // The first pass learns in which part each tier starts; the second emits the tail
     // calls to those parts. Only immediates differ, so the layout is the same.
     let guess = vec![0; ep.tiers.len() + 1];
-    let first = emit(ep, family, rules, limits, &guess)?;
+    let first = emit(ep, family, rules, limits, &guess, bits)?;
     if first.tier_part == guess {
         return Ok(first.generated);
     }
-    let second = emit(ep, family, rules, limits, &first.tier_part)?;
+    let second = emit(ep, family, rules, limits, &first.tier_part, bits)?;
     debug_assert_eq!(second.tier_part, first.tier_part);
     Ok(second.generated)
+}
+
+/// The peer-side sets of a policy, numbered as bits (-O1).
+struct PeerBits {
+    /// The peer's address in the state: the source on ingress, the destination on egress.
+    peer_off: i16,
+    bit: BTreeMap<polc_ir::IpSetId, usize>,
+}
+
+impl PeerBits {
+    fn of(ep: &EndpointPolicy, family: Family) -> Option<PeerBits> {
+        let ingress = ep.direction == Direction::Ingress;
+        let mut bit = BTreeMap::new();
+        for rule in ep.tiers.iter().flat_map(|t| &t.policies).flat_map(|p| &p.rules) {
+            if rule.matches.ip_version.is_some_and(|v| v != family) {
+                continue;
+            }
+            let peer = if ingress { &rule.matches.src } else { &rule.matches.dst };
+            for id in peer.in_sets.iter().chain(&peer.not_in_sets) {
+                let next = bit.len();
+                bit.entry(*id).or_insert(next);
+            }
+        }
+        if bit.is_empty() || bit.len() > MAX_PEER_BITS {
+            return None;
+        }
+        let peer_off = if ingress { abi::FLOW_SRC_ADDR } else { abi::FLOW_DST_ADDR } as i16;
+        Some(PeerBits { peer_off, bit })
+    }
+
+    /// Bitmap bytes per entry (a multiple of 8).
+    fn value_size(&self) -> usize {
+        self.bit.len().div_ceil(64) * 8
+    }
+
+    /// The LPM map: every member prefix of a peer-side set (and 0/0) -> the sets holding
+    /// every address whose longest match it is. Prefixes holding a common address nest, so
+    /// those are exactly the sets with a member covering the prefix.
+    fn map(&self, ep: &EndpointPolicy, family: Family) -> (MapSpec, MapContents) {
+        let mut direct: BTreeMap<Prefix, Vec<usize>> = BTreeMap::new();
+        let any = Prefix::new(unspecified(family), 0);
+        direct.extend(any.map(|p| (p, Vec::new())));
+        for (id, &b) in &self.bit {
+            for m in ep.ip_set(*id).into_iter().flat_map(|s| &s.members) {
+                if m.family() == family {
+                    direct.entry(*m).or_default().push(b);
+                }
+            }
+        }
+        let prefixes: Vec<Prefix> = direct.keys().copied().collect();
+        let mut entries = Vec::with_capacity(prefixes.len());
+        for p in &prefixes {
+            let mut value = vec![0u8; self.value_size()];
+            // The prefixes covering `p`: `p`'s address cut to each shorter length.
+            for len in 0..=p.len() {
+                let q = Prefix::new(p.addr(), len);
+                for &b in q.and_then(|q| direct.get(&q)).into_iter().flatten() {
+                    value[b / 8] |= 1 << (b % 8);
+                }
+            }
+            let mut key = (p.len() as u32).to_ne_bytes().to_vec();
+            match p.addr() {
+                IpAddr::V4(a) => key.extend_from_slice(&a.octets()),
+                IpAddr::V6(a) => key.extend_from_slice(&a.octets()),
+            }
+            entries.push((key, value));
+        }
+        let spec = MapSpec {
+            handle: map::PEER_BITS,
+            name: "polc_peerbits".to_string(),
+            kind: MapKind::LpmTrie,
+            key_size: 4 + address_bytes(family),
+            value_size: self.value_size() as u32,
+            max_entries: room_for(entries.len()),
+            // LPM tries must be created with BPF_F_NO_PREALLOC.
+            flags: 1,
+        };
+        (spec, entries)
+    }
+}
+
+fn unspecified(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        Family::V6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    }
 }
 
 struct Emitted {
@@ -334,12 +458,13 @@ fn emit(
     rules: &mut RuleTable,
     limits: Limits,
     tier_part: &[usize],
+    bits: Option<&PeerBits>,
 ) -> Result<Emitted, CodegenError> {
     let total_rules: usize = ep.tiers.iter().flat_map(|t| &t.policies).map(|p| p.rules.len()).sum();
     let mut a = Asm::new();
     let part = PartState::new(&mut a);
     let mut e = Emitter {
-        g: Gen { a, family },
+        g: Gen { a, family, bits },
         part,
         parts: Vec::new(),
         next_parts: Vec::new(),
@@ -440,7 +565,7 @@ fn emit(
 
 /// A rough part count for the error message when a program does not fit.
 fn estimate_parts(ep: &EndpointPolicy, family: Family, limits: Limits) -> usize {
-    let mut g = Gen { a: Asm::new(), family };
+    let mut g = Gen { a: Asm::new(), family, bits: None };
     for rule in ep.tiers.iter().flat_map(|t| &t.policies).flat_map(|p| &p.rules) {
         let next = g.a.label();
         g.match_rule(&rule.matches, next);
@@ -474,7 +599,7 @@ impl PartState {
 }
 
 struct Emitter<'t> {
-    g: Gen,
+    g: Gen<'t>,
     part: PartState,
     parts: Vec<Program>,
     next_parts: Vec<Vec<usize>>,
@@ -511,6 +636,31 @@ impl Emitter<'_> {
         a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
         a.jump_if(Cond::Eq, Reg::R0, 0, self.part.fail);
         a.push(Insn::mov64(STATE, Reg::R0));
+        if let Some(bits) = self.g.bits {
+            let peer_off = bits.peer_off;
+            let a = &mut self.g.a;
+            a.comment(format!(
+                "r9 = bitmap of the {} peer-side sets holding the peer's address (one LPM lookup)",
+                bits.bit.len()
+            ));
+            a.push(Insn::st(Size::W, Reg::R10, STACK_LPM_KEY, self.g.family.bits() as i32));
+            // 32-bit words: the address starts 4 bytes into the key, not 8-aligned.
+            let words = match self.g.family {
+                Family::V4 => 1,
+                Family::V6 => 4,
+            };
+            for w in 0..words {
+                a.push(Insn::ldx(Size::W, Reg::R1, STATE, peer_off + 4 * w));
+                a.push(Insn::stx(Size::W, Reg::R10, STACK_LPM_KEY + 4 + 4 * w, Reg::R1));
+            }
+            a.push(Insn::mov64(Reg::R2, Reg::R10));
+            a.push(Insn::alu64(AluOp::Add, Reg::R2, STACK_LPM_KEY as i32));
+            a.push(Insn::ld_map_fd(Reg::R1, map::PEER_BITS));
+            a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
+            a.jump_if(Cond::Eq, Reg::R0, 0, self.part.fail);
+            a.push(Insn::mov64(PEER_BITS, Reg::R0));
+        }
+        let a = &mut self.g.a;
         self.part.dispatch_at = a.mark();
     }
 
@@ -642,12 +792,14 @@ impl Emitter<'_> {
     }
 }
 
-struct Gen {
+struct Gen<'b> {
     a: Asm,
     family: Family,
+    /// -O1: peer-side set tests are bit tests on the bitmap in [`PEER_BITS`].
+    bits: Option<&'b PeerBits>,
 }
 
-impl Gen {
+impl Gen<'_> {
     fn set_verdict(&mut self, verdict: u32, id: u32) {
         self.a.push(Insn::mov64(VERDICT, verdict as i32));
         self.a.push(Insn::mov64(RULE_ID, id as i32));
@@ -726,11 +878,24 @@ impl Gen {
     }
 
     fn end(&mut self, m: &EndMatch, addr_off: i16, port_off: i16, next: Label) {
+        let bits = self.bits.filter(|b| b.peer_off == addr_off);
+        let bit_of = |id: &polc_ir::IpSetId| bits.and_then(|b| b.bit.get(id).copied());
         for id in &m.in_sets {
+            if let Some(b) = bit_of(id) {
+                self.a.push(Insn::ldx(Size::B, Reg::R1, PEER_BITS, (b / 8) as i16));
+                self.a.push(Insn::alu64(AluOp::And, Reg::R1, 1 << (b % 8)));
+                self.a.jump_if(Cond::Eq, Reg::R1, 0, next);
+                continue;
+            }
             self.ipset_lookup(id.0, addr_off);
             self.a.jump_if(Cond::Eq, Reg::R0, 0, next);
         }
         for id in &m.not_in_sets {
+            if let Some(b) = bit_of(id) {
+                self.a.push(Insn::ldx(Size::B, Reg::R1, PEER_BITS, (b / 8) as i16));
+                self.a.jump_if(Cond::Set, Reg::R1, 1 << (b % 8), next);
+                continue;
+            }
             self.ipset_lookup(id.0, addr_off);
             self.a.jump_if(Cond::Ne, Reg::R0, 0, next);
         }

@@ -33,12 +33,13 @@ pub struct CompileArgs {
     /// `text` prints the annotated listings; `json` prints a summary object.
     #[arg(long = "output", value_enum, default_value = "text")]
     pub output: OutputFormat,
-    /// Optimisation level: 0 = linear evaluation (the baseline), 2 = class tables whose
-    /// per-packet cost does not grow with the rule count (falls back to 0 per program where
-    /// it does not apply; see docs/performance.md).
+    /// Optimisation level: 0 = linear evaluation (the baseline), 1 = linear with the peer's
+    /// set memberships from one lookup, 2 = class tables whose per-packet cost does not grow
+    /// with the rule count (falls back to 1, else 0, per program where it does not apply;
+    /// see docs/performance.md).
     #[arg(short = 'O', long = "opt-level", default_value_t = 2,
           value_parser = clap::builder::TypedValueParser::map(
-              clap::builder::PossibleValuesParser::new(["0", "2"]),
+              clap::builder::PossibleValuesParser::new(["0", "1", "2"]),
               |s: String| s.parse::<u8>().unwrap_or(2)))]
     pub opt_level: u8,
     /// Split a program into tail-called parts of at most about this many instructions.
@@ -65,9 +66,9 @@ pub struct CompiledProgram {
     pub parts: Vec<Part>,
     /// Longest path from part 0's entry to the epilogue (or a drop), across parts.
     pub worst_case: WorstCase,
-    /// 0 or 2: the level this program was generated at.
+    /// 0, 1 or 2: the level this program was generated at.
     pub opt_level: u8,
-    /// Why an -O2 compile left this program at -O0.
+    /// Why an -O2 compile left this program at a lower level.
     pub fallback: Option<String>,
     /// Maps of this program alone (the -O2 address classes), with their contents.
     pub local_maps: Vec<LocalMap>,
@@ -123,7 +124,8 @@ impl Compiled {
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     pub limits: codegen::Limits,
-    /// 0: linear evaluation (the baseline); 2: class tables (`crate::opt`).
+    /// 0: linear evaluation (the baseline); 1: linear with a peer-set bitmap
+    /// (`codegen::generate_peer_bits`); 2: class tables (`crate::opt`).
     pub opt_level: u8,
     pub tuning: crate::opt::Tuning,
     /// Generate once per policy shape and re-target replicas (see `ShapeMemo`); tests turn
@@ -232,7 +234,8 @@ pub fn compile_ir_with(ir: Ir, options: Options) -> Result<Compiled> {
 /// One endpoint's program before deduplication: code, its own maps, level, fallback reason.
 type OneProgram = (codegen::Generated, Vec<LocalMap>, u8, Option<String>);
 
-/// Generates `ep`'s program for `family` at the requested level (-O2 falling back to -O0).
+/// Generates `ep`'s program for `family` at the requested level (-O2 falling back to -O1,
+/// -O1 to -O0 when the policy has no peer-side set or too many).
 fn generate_one(
     ep: &EndpointPolicy,
     family: Family,
@@ -262,9 +265,19 @@ fn generate_one(
             (g, local_maps, 2, fallback)
         }
         None => {
-            let g = codegen::generate(ep, family, rules, options.limits)
-                .map_err(|e| Error::other(format!("{}: {e}", what())))?;
-            (g, Vec::new(), 0, fallback)
+            let err = |e: codegen::CodegenError| Error::other(format!("{}: {e}", what()));
+            let with_bits = if options.opt_level >= 1 {
+                codegen::generate_peer_bits(ep, family, rules, options.limits).map_err(err)?
+            } else {
+                None
+            };
+            match with_bits {
+                Some((g, spec, entries)) => (g, vec![LocalMap { spec, entries }], 1, fallback),
+                None => {
+                    let g = codegen::generate(ep, family, rules, options.limits).map_err(err)?;
+                    (g, Vec::new(), 0, fallback)
+                }
+            }
         }
     })
 }

@@ -16,7 +16,7 @@ enum Command {
     Compile(polc::compile::CompileArgs),
     /// Explain the verdict for one flow between two endpoints.
     Explain(polc::explain::ExplainArgs),
-    /// Measure per-packet policy cost in the kernel (-O0 against -O2) on synthetic policy.
+    /// Measure per-packet policy cost in the kernel (-O0, -O1, -O2) on synthetic policy.
     Bench(polc::bench::BenchArgs),
     /// Print a deterministic synthetic cluster (policy set on bench/target) for benchmarks.
     Synth(polc::synth::SynthArgs),

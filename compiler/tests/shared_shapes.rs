@@ -34,7 +34,7 @@ fn sharing_shapes_gives_the_programs_a_fresh_compile_gives() {
     // Replicas share labels and ports: the sharing is exercised (and counted below).
     for (rules, pods, seed, replicas) in [(60, 40, 1, 1), (300, 80, 7, 4), (1200, 30, 3, 10)] {
         let yaml = polc::synth::cluster_yaml(polc::synth::Spec { rules, pods, seed, replicas });
-        for level in [0, 2] {
+        for level in [0, 1, 2] {
             let shared = compile(&yaml, level, true);
             let fresh = compile(&yaml, level, false);
             assert_eq!(
@@ -57,7 +57,7 @@ fn the_demo_and_every_case_compile_the_same_with_and_without_sharing() {
     }
     for dir in dirs {
         let cluster = polc::frontend::load(std::slice::from_ref(&dir)).expect("loads");
-        for level in [0, 2] {
+        for level in [0, 1, 2] {
             let run = |share_shapes| {
                 let ir = polc::lower::lower(&cluster);
                 compile_ir_with(

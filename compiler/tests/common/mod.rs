@@ -109,11 +109,11 @@ pub fn expected_key(ep: &EndpointPolicy, trace: &[TraceStep]) -> RuleKey {
     }
 }
 
-/// The optimisation levels every engine comparison runs: the linear baseline and the
-/// class-table optimiser.
-pub const OPT_LEVELS: [u8; 2] = [0, 2];
+/// The optimisation levels every engine comparison runs: the linear baseline, linear with
+/// the peer-set bitmap, and the class-table optimiser.
+pub const OPT_LEVELS: [u8; 3] = [0, 1, 2];
 
-/// Compile `ir` at `opt_level` (0 or 2).
+/// Compile `ir` at `opt_level` (0, 1 or 2).
 pub fn compile(ir: Ir, opt_level: u8) -> Result<Compiled, String> {
     compile_ir_with(ir, Options { opt_level, ..Options::default() })
         .map_err(|e| format!("compile -O{opt_level}: {e}"))
