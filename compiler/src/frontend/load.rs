@@ -788,8 +788,9 @@ fn add_service(
             return Err(place.error(format!("spec.ports[{i}].name: listed twice")));
         }
     }
+    // "" is what an unset string looks like in some exports: the API server's default.
     let affinity_timeout_s = match spec.session_affinity.as_deref() {
-        None | Some("None") => None,
+        None | Some("None" | "") => None,
         Some("ClientIP") => Some(
             spec.session_affinity_config
                 .and_then(|a| a.client_ip)
@@ -803,7 +804,7 @@ fn add_service(
         }
     };
     let external_traffic_local = match spec.external_traffic_policy.as_deref() {
-        None | Some("Cluster") => false,
+        None | Some("Cluster" | "") => false,
         Some("Local") => true,
         Some(other) => {
             return Err(place.error(format!(
