@@ -304,45 +304,42 @@ pub fn desired(compiled: &Compiled, endpoints: &[(String, String)]) -> Result<De
     Ok(d)
 }
 
-/// The runtime's NAT entries for `frontends`, and a note for each frontend it does not
-/// translate (IPv6, SCTP: see docs/runtime.md).
+/// The runtime's NAT entries for `frontends` (both families), and a note for each frontend
+/// it does not translate (a protocol other than TCP, UDP and SCTP: see docs/runtime.md).
 pub fn service_defs(frontends: &[Frontend]) -> (Vec<ServiceDef>, Vec<String>) {
     let mut defs = Vec::new();
     let mut notes = Vec::new();
     for fe in frontends {
-        let std::net::IpAddr::V4(ip) = fe.ip else {
-            notes.push(format!("{fe}: IPv6 service NAT is not implemented: not translated"));
-            continue;
-        };
         if !fe.translated() {
-            notes.push(format!("{fe}: only TCP and UDP services are translated"));
+            notes.push(format!("{fe}: only TCP, UDP and SCTP services are translated"));
             continue;
         }
-        let mut addr = [0u8; 16];
-        addr[..4].copy_from_slice(&ip.octets());
+        let (addr, fam) = nat_addr(fe.ip);
+        // Backends of the frontend's family only (the frontend code already picks them so).
         let backends = (fe.backends.iter())
-            .filter_map(|b| match b.ip {
-                std::net::IpAddr::V4(v4) => {
-                    let mut a = [0u8; 16];
-                    a[..4].copy_from_slice(&v4.octets());
-                    Some(NatBackend { addr: a, port: b.port, _pad: 0 })
-                }
-                std::net::IpAddr::V6(_) => None,
-            })
+            .filter(|b| b.ip.is_ipv4() == fe.ip.is_ipv4())
+            .map(|b| NatBackend { addr: nat_addr(b.ip).0, port: b.port, _pad: 0 })
             .collect();
         defs.push(ServiceDef {
             label: fe.to_string(),
-            frontend: NatFrontendKey {
-                addr,
-                port: fe.port,
-                protocol: fe.protocol.0,
-                family: abi_family::IPV4,
-            },
+            frontend: NatFrontendKey { addr, port: fe.port, protocol: fe.protocol.0, family: fam },
             affinity_timeout_s: fe.affinity_timeout_s,
             backends,
         });
     }
     (defs, notes)
+}
+
+/// An address in the NAT maps' 16-byte form (IPv4 in bytes 0..4) and its family.
+fn nat_addr(ip: std::net::IpAddr) -> ([u8; 16], u8) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&v4.octets());
+            (a, abi_family::IPV4)
+        }
+        std::net::IpAddr::V6(v6) => (v6.octets(), abi_family::IPV6),
+    }
 }
 
 /// Reads `files` once and describes the attach: programs for `endpoints` and the service

@@ -45,10 +45,10 @@ pub struct Frontend {
 }
 
 impl Frontend {
-    /// Whether the runtime rewrites packets to this frontend (IPv4 TCP and UDP today; see
-    /// docs/runtime.md). Other frontends are reported and left alone.
+    /// Whether the runtime rewrites packets to this frontend: TCP, UDP and SCTP, IPv4 and
+    /// IPv6 (see docs/runtime.md). Other protocols are reported and left alone.
     pub fn translated(&self) -> bool {
-        self.ip.is_ipv4() && (self.protocol == Protocol::TCP || self.protocol == Protocol::UDP)
+        matches!(self.protocol, Protocol::TCP | Protocol::UDP | Protocol::SCTP)
     }
 }
 
@@ -288,6 +288,61 @@ ports: [{port: 8080}]
         );
         let fes = frontends(&c).unwrap();
         assert_eq!(fes[0].backends, [Backend { ip: "10.0.0.22".parse().unwrap(), port: 8080 }]);
+    }
+
+    #[test]
+    fn dual_stack_and_sctp_frontends_are_translated_with_backends_of_their_family() {
+        let c = load(
+            "
+apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: x}
+spec:
+  clusterIPs: [10.96.0.10, fd96::10]
+  ports: [{name: a, port: 53, protocol: UDP}, {name: s, port: 9899, protocol: SCTP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: dns-v4, namespace: x, labels: {kubernetes.io/service-name: dns}}
+addressType: IPv4
+endpoints: [{addresses: [10.0.0.5]}]
+ports: [{name: a, port: 5353, protocol: UDP}, {name: s, port: 9900, protocol: SCTP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: dns-v6, namespace: x, labels: {kubernetes.io/service-name: dns}}
+addressType: IPv6
+endpoints: [{addresses: ['fd77::5']}]
+ports: [{name: a, port: 5353, protocol: UDP}, {name: s, port: 9900, protocol: SCTP}]
+",
+        );
+        let fes = frontends(&c).unwrap();
+        let got: Vec<String> =
+            (fes.iter()).map(|f| format!("{f} -> {:?} {}", f.backends, f.translated())).collect();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(fes.len(), 4, "{got:?}");
+        for fe in &fes {
+            assert!(fe.translated(), "{fe}");
+            assert_eq!(fe.backends.len(), 1, "{fe}");
+            assert_eq!(fe.backends[0].ip.is_ipv4(), fe.ip.is_ipv4(), "{fe}");
+        }
+        let v6 = lookup(&fes, ip("fd96::10"), 53, 17).expect("v6 UDP frontend");
+        assert_eq!(v6.backends, [Backend { ip: ip("fd77::5"), port: 5353 }]);
+        let sctp = lookup(&fes, ip("10.96.0.10"), 9899, 132).expect("SCTP frontend");
+        assert_eq!(sctp.backends, [Backend { ip: ip("10.0.0.5"), port: 9900 }]);
+        assert!(lookup(&fes, ip("fd96::10"), 9899, 132).is_some());
+
+        // The loader's map entries: 16-byte keys with the family, no notes.
+        let (defs, notes) = crate::dataplane::service_defs(&fes);
+        assert!(notes.is_empty(), "{notes:?}");
+        let d = defs.iter().find(|d| d.frontend.family == 6 && d.frontend.protocol == 17).unwrap();
+        assert_eq!(d.frontend.addr, "fd96::10".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        assert_eq!((d.frontend.port, d.backends.len()), (53, 1));
+        assert_eq!(d.backends[0].addr, "fd77::5".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        assert_eq!(d.backends[0].port, 5353);
+        let d = defs.iter().find(|d| d.frontend.family == 4 && d.frontend.protocol == 132).unwrap();
+        assert_eq!(d.frontend.addr[..4], [10, 96, 0, 10]);
+        assert_eq!(d.frontend.addr[4..], [0; 12]);
     }
 
     #[test]

@@ -1450,6 +1450,183 @@ fn a_service_cluster_ip_reaches_its_backends_through_nat() {
     assert!(backend_via(client, web).is_none(), "no NAT after detach");
 }
 
+/// [`tcp_named_server`] on any of the pod's addresses (e.g. its IPv6 one).
+fn tcp_named_server_at(pod: &Pod, addr: SocketAddr) {
+    let name = pod.name;
+    let listener = in_netns(&pod.ns, move || TcpListener::bind(addr).expect("bind"));
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                let mut s = stream;
+                let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                if s.write_all(format!("{name}\n").as_bytes()).is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 512];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// A dual-stack Service: `web` on 10.96.0.10 and fd96::10, TCP 80 -> 8080 and UDP 53 ->
+/// 5353 on web1 and web2, one EndpointSlice per family. The client may only send to the
+/// web pods' 8080/5353 (so its egress policy must see the backend); the web pods accept
+/// those ports from the client only.
+fn dual_stack_service_cluster(topo: &Topology) -> String {
+    let (web1, web2) = (topo.pod("web1"), topo.pod("web2"));
+    let a6 = |p: &Pod| p.addr6.expect("dual-stack pod");
+    format!(
+        r#"{pods}---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {{name: web-ingress, namespace: e2e}}
+spec:
+  selector: app in {{'web1', 'web2'}}
+  types: [Ingress]
+  ingress:
+  - action: Allow
+    protocol: TCP
+    source: {{selector: app == 'client'}}
+    destination: {{ports: [8080]}}
+  - action: Allow
+    protocol: UDP
+    source: {{selector: app == 'client'}}
+    destination: {{ports: [5353]}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: client-egress, namespace: e2e}}
+spec:
+  podSelector: {{matchLabels: {{app: client}}}}
+  policyTypes: [Egress]
+  egress:
+  - to:
+    - podSelector: {{matchExpressions: [{{key: app, operator: In, values: [web1, web2]}}]}}
+    ports: [{{port: 8080}}, {{port: 5353, protocol: UDP}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: e2e}}
+spec:
+  type: ClusterIP
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv4, IPv6]
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10, fd96::10]
+  ports:
+  - {{name: http, port: 80, protocol: TCP, targetPort: 8080}}
+  - {{name: dns, port: 53, protocol: UDP, targetPort: 5353}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-v4
+  namespace: e2e
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv4
+endpoints:
+- addresses: [{w1}]
+- addresses: [{w2}]
+ports: [{{name: http, port: 8080, protocol: TCP}}, {{name: dns, port: 5353, protocol: UDP}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-v6
+  namespace: e2e
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv6
+endpoints:
+- addresses: ['{w1_6}']
+- addresses: ['{w2_6}']
+ports: [{{name: http, port: 8080, protocol: TCP}}, {{name: dns, port: 5353, protocol: UDP}}]
+"#,
+        pods = topo.pods_yaml_with_v6(&["client", "web1", "web2"]),
+        w1 = web1.addr,
+        w2 = web2.addr,
+        w1_6 = a6(web1),
+        w2_6 = a6(web2),
+    )
+}
+
+#[test]
+fn a_dual_stack_service_reaches_its_backends_through_ipv6_nat() {
+    require_kernel!();
+    if !netns_ready() {
+        return;
+    }
+    let topo = Topology::dual_stack(&["client", "web1", "web2"]);
+    let client = topo.pod("client");
+    for name in ["web1", "web2"] {
+        let pod = topo.pod(name);
+        tcp_named_server(pod, 8080);
+        tcp_named_server_at(pod, SocketAddr::from((pod.addr6.expect("v6"), 8080)));
+        let a6 = SocketAddr::from((pod.addr6.expect("v6"), 5353));
+        let sock = in_netns(&pod.ns, move || UdpSocket::bind(a6).expect("bind udp6"));
+        thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        });
+    }
+    let web6: SocketAddr = "[fd96::10]:80".parse().unwrap();
+    let web4: SocketAddr = "10.96.0.10:80".parse().unwrap();
+    assert!(backend_via(client, web6).is_none(), "topology: nothing answers fd96::10 yet");
+
+    std::fs::create_dir_all(&topo.files).expect("mkdir");
+    let file = topo.files.join("cluster.yaml");
+    std::fs::write(&file, dual_stack_service_cluster(&topo)).expect("write");
+    let report = attach(&topo, &file);
+    assert_eq!(report["services"], 4, "2 cluster IPs x 2 ports: {report}");
+
+    // Real TCP over the IPv6 cluster IP reaches both backends (the client's egress policy
+    // allowed only the web pods' 8080, so it saw the backend), and the echo works: every
+    // reply came back from [fd96::10]:80, or the client's TCP would have reset it.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..24 {
+        let (name, mut s) = backend_via(client, web6).expect("client -> [fd96::10]:80");
+        assert_eq!(s.peer_addr().expect("peer"), web6);
+        assert!(exchange(&mut s, b"ping over v6"), "echo through IPv6 NAT from {name}");
+        seen.insert(name);
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["web1", "web2"], "both backends used");
+    // The IPv4 cluster IP of the same service still works.
+    let (_, mut s) = backend_via(client, web4).expect("client -> 10.96.0.10:80");
+    assert!(exchange(&mut s, b"ping over v4"));
+
+    // UDP: a connected socket only accepts the reply from the service address.
+    let sock = in_netns(&client.ns, || UdpSocket::bind("[::]:0").expect("udp6 bind"));
+    sock.set_read_timeout(Some(ALLOW_WAIT)).unwrap();
+    sock.connect("[fd96::10]:53").unwrap();
+    for i in 0..4u8 {
+        let msg = [b'q', i];
+        sock.send(&msg).unwrap();
+        let mut buf = [0u8; 16];
+        let n = sock.recv(&mut buf).expect("UDP reply from [fd96::10]:53");
+        assert_eq!(&buf[..n], &msg);
+    }
+
+    let st = status(&topo);
+    let services = st["services"].as_array().expect("services in status");
+    assert!(
+        services
+            .iter()
+            .any(|s| s["name"] == "service e2e/web [fd96::10]:80/TCP" && s["backends"] == 2),
+        "{st}"
+    );
+    // No failed rewrite, no frontend without backends (other drops, e.g. of the pods' own
+    // multicast listener reports by the client's egress policy, are not this test's).
+    for reason in ["truncated", "no_backend", "spoofed"] {
+        assert_eq!(st["drops"][reason], 0, "{reason}: {st}");
+    }
+}
+
 // ------------------------------------------------------------------ pod churn in place
 
 /// The server accepts TCP 8080 from the client and from pods labelled `role: trusted`.

@@ -2,13 +2,16 @@
 //! packet to a ClusterIP:port is rewritten to a backend before its egress policy runs (the
 //! policy sees the backend), conntrack records the translation, later packets get the same
 //! rewrite on the fast path, replies are rewritten back to the service at the client's
-//! to-endpoint hook, ClientIP affinity, and a service without backends drops. Checksums of
-//! every rewritten packet are verified by recomputing them here.
+//! to-endpoint hook, ClientIP affinity, and a service without backends drops. The same for
+//! IPv6 (with and without extension headers) and for SCTP in both families. Checksums of
+//! every rewritten packet (IPv4 header, TCP/UDP with the v4 or v6 pseudo-header, SCTP's
+//! CRC32c) are verified by recomputing them here.
 //!
 //! Kernel tests: they print `SKIP: ...` without bpf(2) rights and fail instead with
 //! `POLC_REQUIRE_KERNEL=1`. The benchmark is `#[ignore]`d; run it with
 //! `cargo test -p polc --release --test runtime_nat -- --ignored --nocapture`.
 
+use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd};
 
 use polc::asm::{helper, AluOp, Asm, Cond, Insn, Reg, Size};
@@ -24,6 +27,7 @@ use polc_loader::{require_kernel, Hook, Runtime, RuntimeConfig};
 
 const TCP: u8 = 6;
 const UDP: u8 = 17;
+const SCTP: u8 = 132;
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 const FIN: u8 = 0x01;
@@ -188,7 +192,8 @@ impl Fixture {
             egress_slot_v6: EGRESS_SLOT,
             ..Endpoint::default()
         };
-        ep.set_address(std::net::IpAddr::from(CLIENT));
+        ep.set_address(IpAddr::from(CLIENT));
+        ep.set_address(IpAddr::from(CLIENT6));
         rt.set_endpoint(IFINDEX, &ep).expect("endpoint");
         let mut ctx = vec![0u8; 48];
         ctx[40..44].copy_from_slice(&IFINDEX.to_ne_bytes());
@@ -219,6 +224,23 @@ impl Fixture {
         let bes: Vec<NatBackend> = backends
             .iter()
             .map(|a| NatBackend { addr: v4(*a), port: TARGET_PORT, _pad: 0 })
+            .collect();
+        self.rt.set_service(&fe, &svc, &bes).expect("set service");
+    }
+
+    /// A service on `vip` (either family) with `backends` of the same family.
+    fn service_at(&self, vip: IpAddr, proto: u8, backends: &[IpAddr], flags: u32) {
+        let fe =
+            NatFrontendKey { addr: a16(vip), port: SVC_PORT, protocol: proto, family: fam(vip) };
+        let svc = NatService {
+            service_id: SERVICE_ID,
+            backend_count: 0,
+            flags,
+            affinity_timeout_s: 10800,
+        };
+        let bes: Vec<NatBackend> = backends
+            .iter()
+            .map(|a| NatBackend { addr: a16(*a), port: TARGET_PORT, _pad: 0 })
             .collect();
         self.rt.set_service(&fe, &svc, &bes).expect("set service");
     }
@@ -541,13 +563,15 @@ fn a_service_without_backends_drops_and_counts() {
 fn bench_nat_first_packet_and_fast_path() {
     require_kernel!();
     const SAMPLES: usize = 50_001;
-    let median = |f: &Fixture, data: &[u8], want_dst: [u8; 4]| {
+    let median = |f: &Fixture, data: &[u8], want_dst: &[u8]| {
         let mut ns: Vec<u32> = (0..SAMPLES)
             .map(|_| {
                 let run = TestRun { data, ctx: Some(&f.ctx), repeat: 1 };
                 let out = f.rt.test_run_hook(Hook::FromEndpoint, &run).expect("test run");
                 assert_eq!(out.retval as i32, TC_ACT_OK);
-                assert_eq!(out.data_out[30..34], want_dst);
+                // The destination address: IPv4 at 30..34, IPv6 at 38..54.
+                let at = if want_dst.len() == 4 { 30 } else { 38 };
+                assert_eq!(out.data_out[at..at + want_dst.len()], *want_dst);
                 out.duration_ns
             })
             .collect();
@@ -566,8 +590,8 @@ fn bench_nat_first_packet_and_fast_path() {
     let mut g = Fixture::new(&miss);
     g.allow_egress(10);
     g.service(TCP, &BACKENDS[..1], 0);
-    let first_nat = median(&g, &to_vip, backend);
-    let first_plain = median(&g, &to_pod, backend);
+    let first_nat = median(&g, &to_vip, &backend);
+    let first_plain = median(&g, &to_pod, &backend);
     assert!(g.policy_runs() >= 2 * SAMPLES as u64, "every first packet went through policy");
 
     let mut h = Fixture::new(&small_config());
@@ -576,12 +600,325 @@ fn bench_nat_first_packet_and_fast_path() {
     assert_eq!(h.run(Hook::FromEndpoint, &ack_vip).0, TC_ACT_OK);
     assert_eq!(h.run(Hook::FromEndpoint, &ack_pod).0, TC_ACT_OK);
     let runs = h.policy_runs();
-    let fast_nat = median(&h, &ack_vip, backend);
-    let fast_plain = median(&h, &ack_pod, backend);
+    let fast_nat = median(&h, &ack_vip, &backend);
+    let fast_plain = median(&h, &ack_pod, &backend);
     assert_eq!(h.policy_runs(), runs, "the benchmark measured the fast path");
     eprintln!(
-        "BPF_PROG_TEST_RUN, median of {SAMPLES} single runs, ns/run: first packet with a \
-         10-rule policy: to a ClusterIP (NAT) {first_nat}, to a pod {first_plain}; \
+        "IPv4: BPF_PROG_TEST_RUN, median of {SAMPLES} single runs, ns/run: first packet with \
+         a 10-rule policy: to a ClusterIP (NAT) {first_nat}, to a pod {first_plain}; \
          established: via NAT {fast_nat}, to a pod {fast_plain}"
     );
+
+    // The same four for IPv6.
+    let be6 = backend6(1);
+    let v6 = |dst: [u8; 16], sport: u16, dport: u16, flags: u8| {
+        ipv6(CLIENT6, dst, TCP, &tcp(sport, dport, flags), false)
+    };
+    g.service_at(vip6(), TCP, &[IpAddr::from(be6)], 0);
+    let first_nat = median(&g, &v6(VIP6, 40000, 80, SYN), &be6);
+    let first_plain = median(&g, &v6(be6, 40001, 8080, SYN), &be6);
+    h.service_at(vip6(), TCP, &[IpAddr::from(be6)], 0);
+    let (ack_vip, ack_pod) = (v6(VIP6, 40000, 80, ACK), v6(be6, 40001, 8080, ACK));
+    assert_eq!(h.run(Hook::FromEndpoint, &ack_vip).0, TC_ACT_OK);
+    assert_eq!(h.run(Hook::FromEndpoint, &ack_pod).0, TC_ACT_OK);
+    let runs = h.policy_runs();
+    let fast_nat = median(&h, &ack_vip, &be6);
+    let fast_plain = median(&h, &ack_pod, &be6);
+    assert_eq!(h.policy_runs(), runs, "the benchmark measured the fast path");
+    eprintln!(
+        "IPv6: BPF_PROG_TEST_RUN, median of {SAMPLES} single runs, ns/run: first packet with \
+         a 10-rule policy: to a ClusterIP (NAT) {first_nat}, to a pod {first_plain}; \
+         established: via NAT {fast_nat}, to a pod {fast_plain}"
+    );
+}
+
+// ---------------------------------------------------------------- IPv6 and SCTP
+
+const CLIENT6: [u8; 16] = [0xfd, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const VIP6: [u8; 16] = [0xfd, 0x96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+
+fn backend6(n: u8) -> [u8; 16] {
+    [0xfd, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, n]
+}
+
+/// The 16-byte map form of an address (IPv4 in bytes 0..4).
+fn a16(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(v) => v4(v.octets()),
+        IpAddr::V6(v) => v.octets(),
+    }
+}
+
+fn fam(a: IpAddr) -> u8 {
+    if a.is_ipv4() {
+        family::IPV4
+    } else {
+        family::IPV6
+    }
+}
+
+/// Bit-by-bit CRC32c (init and final XOR all ones), as SCTP uses it.
+fn crc32c(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = (c >> 1) ^ (0x82f6_3b78 & 0u32.wrapping_sub(c & 1));
+        }
+    }
+    !c
+}
+
+/// An SCTP packet: common header (ports, verification tag, CRC32c) and one DATA chunk.
+fn sctp(sport: u16, dport: u16) -> Vec<u8> {
+    let mut t = Vec::new();
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 0, 0, 0, 0]);
+    // DATA chunk: type 0, flags B|E, length 16 + 5, TSN, stream, SSN, PPID, "hello" + pad.
+    t.extend_from_slice(&[0, 3, 0, 21, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+    t.extend_from_slice(b"hello\0\0\0");
+    t
+}
+
+fn l4_for(proto: u8, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    match proto {
+        TCP => tcp(sport, dport, flags),
+        UDP => udp(sport, dport),
+        _ => sctp(sport, dport),
+    }
+}
+
+/// The one's-complement sum of the IPv6 pseudo-header.
+fn pseudo6(src: &[u8], dst: &[u8], proto: u8, len: usize) -> u32 {
+    sum16(dst, sum16(src, 0)) + len as u32 + u32::from(proto)
+}
+
+/// Writes the checksum of `l4` (TCP/UDP over `pseudo`, SCTP's CRC32c).
+fn fill_l4_csum(l4: &mut [u8], proto: u8, pseudo: u32) {
+    if proto == SCTP {
+        l4[8..12].copy_from_slice(&[0; 4]);
+        let c = crc32c(l4);
+        l4[8..12].copy_from_slice(&c.to_le_bytes());
+    } else {
+        let at = csum_at(proto);
+        l4[at..at + 2].copy_from_slice(&[0, 0]);
+        let c = fold(sum16(l4, pseudo));
+        l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+}
+
+/// Ethernet + IPv6 (+ an 8-byte hop-by-hop options header with `hop_by_hop`) + `l4` with
+/// a correct checksum.
+fn ipv6(src: [u8; 16], dst: [u8; 16], proto: u8, l4: &[u8], hop_by_hop: bool) -> Vec<u8> {
+    let mut l4 = l4.to_vec();
+    let pseudo = pseudo6(&src, &dst, proto, l4.len());
+    fill_l4_csum(&mut l4, proto, pseudo);
+    let ext: Vec<u8> = if hop_by_hop { vec![proto, 0, 1, 4, 0, 0, 0, 0] } else { Vec::new() };
+    let mut p = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x86, 0xdd];
+    p.extend_from_slice(&[0x60, 0, 0, 0]);
+    p.extend_from_slice(&u16::try_from(ext.len() + l4.len()).unwrap().to_be_bytes());
+    p.extend_from_slice(&[if hop_by_hop { 0 } else { proto }, 64]);
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(&ext);
+    p.extend_from_slice(&l4);
+    p
+}
+
+/// A packet of either family from `src` to `dst` (same family).
+fn packet(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> Vec<u8> {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut l4 = l4.to_vec();
+            if proto == SCTP {
+                fill_l4_csum(&mut l4, proto, 0);
+            }
+            ipv4(s.octets(), d.octets(), proto, &l4, proto != SCTP)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => ipv6(s.octets(), d.octets(), proto, l4, false),
+        _ => panic!("mixed families"),
+    }
+}
+
+/// The ends of a packet of either family, after verifying every checksum it has (IPv4
+/// header; TCP/UDP with the pseudo-header of its family; SCTP's CRC32c). Walks IPv6
+/// hop-by-hop headers.
+fn checked_any(p: &[u8]) -> (IpAddr, u16, IpAddr, u16) {
+    let (src, dst, proto, l4): (IpAddr, IpAddr, u8, &[u8]) = if p[12..14] == [0x08, 0x00] {
+        let ip = &p[14..34];
+        assert_eq!(fold(sum16(ip, 0)), 0, "IPv4 header checksum of {p:02x?}");
+        let s: [u8; 4] = ip[12..16].try_into().unwrap();
+        let d: [u8; 4] = ip[16..20].try_into().unwrap();
+        (s.into(), d.into(), ip[9], &p[34..])
+    } else {
+        let s: [u8; 16] = p[22..38].try_into().unwrap();
+        let d: [u8; 16] = p[38..54].try_into().unwrap();
+        let (mut next, mut off) = (p[20], 54);
+        while next == 0 {
+            next = p[off];
+            off += (usize::from(p[off + 1]) + 1) * 8;
+        }
+        (s.into(), d.into(), next, &p[off..])
+    };
+    if proto == SCTP {
+        let mut z = l4.to_vec();
+        z[8..12].copy_from_slice(&[0; 4]);
+        assert_eq!(crc32c(&z).to_le_bytes(), l4[8..12], "SCTP CRC32c of {p:02x?}");
+    } else {
+        let pseudo = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                sum16(&d.octets(), sum16(&s.octets(), 0)) + u32::from(proto) + l4.len() as u32
+            }
+            _ => pseudo6(&a16(src), &a16(dst), proto, l4.len()),
+        };
+        let at = csum_at(proto);
+        assert_ne!(l4[at..at + 2], [0, 0], "a checksum is present");
+        assert_eq!(fold(sum16(l4, pseudo)), 0, "L4 checksum of {p:02x?}");
+    }
+    (src, u16::from_be_bytes([l4[0], l4[1]]), dst, u16::from_be_bytes([l4[2], l4[3]]))
+}
+
+fn key_any(proto: u8, src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> CtKey {
+    CtKey::new(fam(src), proto, &a16(src), sport, &a16(dst), dport).0
+}
+
+/// The life of a translated flow, any family and protocol: the first packet is rewritten
+/// to the backend before policy (which sees the backend) and both NAT entries recorded; a
+/// later packet takes the fast path with the same rewrite; the reply is rewritten back to
+/// the service at the client's to-endpoint hook. `first` builds the first packet from the
+/// L4 bytes (to put extension headers in it).
+fn life_of_a_flow(
+    client: IpAddr,
+    vip: IpAddr,
+    backend: IpAddr,
+    proto: u8,
+    first: impl Fn(&[u8]) -> Vec<u8>,
+) {
+    let f = Fixture::new(&small_config());
+    f.service_at(vip, proto, &[backend], 0);
+    let (rc, out) = f.run(Hook::FromEndpoint, &first(&l4_for(proto, 40000, SVC_PORT, SYN)));
+    assert_eq!(rc, TC_ACT_OK);
+    let to_backend = (client, 40000, backend, TARGET_PORT);
+    assert_eq!(checked_any(&out), to_backend);
+    assert_eq!(f.policy_runs(), 1);
+    let st = f.last_state();
+    assert_eq!((st.family, st.protocol), (fam(client), proto));
+    assert_eq!((st.dst_addr, st.dst_port), (a16(backend), TARGET_PORT), "policy sees the backend");
+    assert_eq!((st.src_addr, st.src_port), (a16(client), 40000));
+    let post = f.ct(&key_any(proto, client, 40000, backend, TARGET_PORT));
+    assert_eq!(post.nat_flags, ct_nat::REV_NAT);
+    assert_eq!((post.nat_addr, post.nat_port), (a16(vip), SVC_PORT));
+    assert_eq!(post.approved, ct_approved::ORIG);
+    let pre = f.ct(&key_any(proto, client, 40000, vip, SVC_PORT));
+    assert_eq!(pre.nat_flags, ct_nat::DNAT);
+    assert_eq!((pre.nat_addr, pre.nat_port), (a16(backend), TARGET_PORT));
+    assert_eq!(pre.approved, ct_approved::ORIG);
+
+    assert!(f.rt.clear_slot(EGRESS_SLOT).unwrap());
+    let later = packet(client, vip, proto, &l4_for(proto, 40000, SVC_PORT, ACK));
+    let (rc, out) = f.run(Hook::FromEndpoint, &later);
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(checked_any(&out), to_backend);
+    assert_eq!(f.policy_runs(), 1, "the second packet took the fast path");
+
+    let reply = packet(backend, client, proto, &l4_for(proto, TARGET_PORT, 40000, SYN | ACK));
+    let (rc, out) = f.run(Hook::ToEndpoint, &reply);
+    assert_eq!(rc, TC_ACT_OK, "the reply rides conntrack (the client has no ingress policy)");
+    assert_eq!(checked_any(&out), (vip, SVC_PORT, client, 40000));
+    let dropped: u64 = f.rt.drop_counts().unwrap().iter().sum();
+    assert_eq!(dropped, 0);
+}
+
+fn c6() -> IpAddr {
+    IpAddr::from(CLIENT6)
+}
+
+fn vip6() -> IpAddr {
+    IpAddr::from(VIP6)
+}
+
+#[test]
+fn ipv6_tcp_and_udp_to_a_cluster_ip_are_translated_and_replies_back() {
+    require_kernel!();
+    for proto in [TCP, UDP] {
+        let be = IpAddr::from(backend6(2));
+        life_of_a_flow(c6(), vip6(), be, proto, |l4| packet(c6(), vip6(), proto, l4));
+    }
+}
+
+#[test]
+fn ipv6_with_an_extension_header_is_translated_with_the_right_checksum() {
+    require_kernel!();
+    for proto in [TCP, UDP] {
+        let be = IpAddr::from(backend6(3));
+        life_of_a_flow(c6(), vip6(), be, proto, |l4| ipv6(CLIENT6, VIP6, proto, l4, true));
+    }
+}
+
+#[test]
+fn sctp_to_a_cluster_ip_is_translated_with_a_valid_crc32c_in_both_families() {
+    require_kernel!();
+    let (c4, vip4, be4) = (IpAddr::from(CLIENT), IpAddr::from(VIP), IpAddr::from(BACKENDS[0]));
+    life_of_a_flow(c4, vip4, be4, SCTP, |l4| packet(c4, vip4, SCTP, l4));
+    let be = IpAddr::from(backend6(4));
+    life_of_a_flow(c6(), vip6(), be, SCTP, |l4| packet(c6(), vip6(), SCTP, l4));
+    life_of_a_flow(c6(), vip6(), be, SCTP, |l4| ipv6(CLIENT6, VIP6, SCTP, l4, true));
+}
+
+#[test]
+fn ipv6_client_ip_affinity_keeps_a_client_on_one_backend() {
+    require_kernel!();
+    let bes: Vec<IpAddr> = (1..=3).map(|n| IpAddr::from(backend6(n))).collect();
+    let chosen = |f: &Fixture| -> Vec<IpAddr> {
+        (40000..40032)
+            .map(|sport| {
+                let p = packet(c6(), vip6(), TCP, &tcp(sport, SVC_PORT, SYN));
+                let (rc, out) = f.run(Hook::FromEndpoint, &p);
+                assert_eq!(rc, TC_ACT_OK);
+                checked_any(&out).2
+            })
+            .collect()
+    };
+    let f = Fixture::new(&small_config());
+    f.service_at(vip6(), TCP, &bes, 0);
+    let spread = chosen(&f);
+    assert!(spread.iter().all(|b| bes.contains(b)));
+    assert!(spread.iter().any(|b| *b != spread[0]), "hashing spreads flows: {spread:?}");
+
+    let g = Fixture::new(&small_config());
+    g.service_at(vip6(), TCP, &bes, nat_flags::AFFINITY_CLIENT_IP);
+    let sticky = chosen(&g);
+    assert!(sticky.iter().all(|b| *b == sticky[0]), "one backend: {sticky:?}");
+    let aff = g.rt.affinity(CLIENT6, SERVICE_ID).unwrap().expect("affinity keyed by the v6 client");
+    assert_eq!(bes[aff.ordinal as usize], sticky[0]);
+    assert!(g.rt.affinity(v4(CLIENT), SERVICE_ID).unwrap().is_none());
+}
+
+#[test]
+fn an_ipv6_frontend_without_backends_drops_and_other_ports_pass_untouched() {
+    require_kernel!();
+    let f = Fixture::new(&small_config());
+    f.service_at(vip6(), TCP, &[], 0);
+    let p = packet(c6(), vip6(), TCP, &tcp(40000, SVC_PORT, SYN));
+    let (rc, _) = f.run(Hook::FromEndpoint, &p);
+    assert_eq!(rc, TC_ACT_SHOT);
+    assert_eq!(f.rt.drop_counts().unwrap()[drop_reason::NO_BACKEND as usize], 1);
+    assert_eq!(f.policy_runs(), 0, "dropped before policy");
+    // Another port or protocol of the same address is not a frontend: unchanged.
+    for p in [
+        packet(c6(), vip6(), TCP, &tcp(40000, 81, SYN)),
+        packet(c6(), vip6(), UDP, &udp(40000, SVC_PORT)),
+    ] {
+        let (rc, out) = f.run(Hook::FromEndpoint, &p);
+        assert_eq!(rc, TC_ACT_OK);
+        assert_eq!(out, p);
+    }
+    // The family is part of the key: an IPv4 frontend on the same 16 key bytes (an IPv6
+    // address whose last 12 bytes are zero) does not translate IPv6 packets.
+    let short6 = [VIP6[0], VIP6[1], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    f.service_at(IpAddr::from([VIP6[0], VIP6[1], 0, 0]), TCP, &[IpAddr::from(BACKENDS[0])], 0);
+    let p = packet(c6(), IpAddr::from(short6), TCP, &tcp(40001, SVC_PORT, SYN));
+    let (rc, out) = f.run(Hook::FromEndpoint, &p);
+    assert_eq!((rc, out), (TC_ACT_OK, p), "not a frontend of its family");
 }

@@ -1,22 +1,22 @@
-//! Service NAT (kube-proxy replacement, IPv4 TCP/UDP): the frontend lookup and backend
-//! choice on a flow's first packet at the client's from-endpoint hook, the conntrack
-//! entries that carry the translation, and the in-place rewrites (destination to the
-//! backend, source of replies back to the service) with incremental checksum updates.
+//! Service NAT (kube-proxy replacement, IPv4 and IPv6, TCP, UDP and SCTP): the frontend
+//! lookup and backend choice on a flow's first packet at the client's from-endpoint hook, the
+//! conntrack entries that carry the translation, and the in-place rewrites (destination to
+//! the backend, source of replies back to the service) with incremental checksum updates.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM},
     btf_maps::{HashMap, LruHashMap},
     macros::btf_map,
     programs::TcContext,
 };
 use polc_abi::{
-    ct_nat, drop_reason, family, nat_flags, CtEntry, CtKey, NatAffinity, NatAffinityKey,
+    crc32c, ct_nat, drop_reason, family, nat_flags, CtEntry, CtKey, NatAffinity, NatAffinityKey,
     NatBackend, NatBackendKey, NatFrontendKey, NatService, NAT_AFF_ENTRIES, NAT_BE_ENTRIES,
     NAT_FE_ENTRIES, RULE_ID_NONE,
 };
 
 use crate::conntrack::{self, Ends, KeyBuf};
-use crate::parse::{Flow, IPPROTO_TCP, IPPROTO_UDP};
+use crate::parse::{Flow, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use crate::POLC_CT;
 
 #[btf_map]
@@ -33,9 +33,20 @@ static POLC_NAT_AFF: LruHashMap<NatAffinityKey, NatAffinity, { NAT_AFF_ENTRIES a
 
 const ETH_HLEN: usize = 14;
 /// Offsets in the IPv4 header.
+const IP_TOTAL_LEN: usize = ETH_HLEN + 2;
 const IP_CSUM: usize = ETH_HLEN + 10;
 const IP_SRC: usize = ETH_HLEN + 12;
 const IP_DST: usize = ETH_HLEN + 16;
+/// Offsets in the IPv6 header.
+const IP6_PAYLOAD_LEN: usize = ETH_HLEN + 4;
+const IP6_SRC: usize = ETH_HLEN + 8;
+const IP6_DST: usize = ETH_HLEN + 24;
+/// The CRC32c field in the SCTP common header.
+const SCTP_CSUM: usize = 8;
+
+/// Tables for the SCTP checksum update (read-only data, see `polc_abi::crc32c`).
+static SCTP_X8N_LO: [u32; 256] = crc32c::X8N_LO;
+static SCTP_X8N_HI: [u32; 256] = crc32c::X8N_HI;
 
 /// A frontend key on the stack, 8-aligned so the address is written in u64 words.
 #[repr(C, align(8))]
@@ -53,7 +64,8 @@ enum End {
 /// sees the backend) and record the translation in conntrack. `Err(reason)` = drop.
 #[inline(always)]
 pub fn translate(ctx: &TcContext, f: &mut Flow, now: u64) -> Result<(), u32> {
-    if f.family != family::IPV4 || (f.protocol != IPPROTO_TCP && f.protocol != IPPROTO_UDP) {
+    // The parser found the L4 header (IPv6 extension headers walked) or stopped before here.
+    if !matches!(f.protocol, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) {
         return Ok(());
     }
     let mut fe = FrontendBuf(NatFrontendKey::default());
@@ -69,23 +81,22 @@ pub fn translate(ctx: &TcContext, f: &mut Flow, now: u64) -> Result<(), u32> {
     let Some(svc) = POLC_NAT_FE.get_ptr(&fe.0) else { return Ok(()) };
     // SAFETY: a live map value.
     let svc = unsafe { *svc };
-    let be = pick_backend(f, &svc, now).ok_or(drop_reason::NO_BACKEND)?;
-    // SAFETY: the first 4 bytes of the backend's address field (a map value copied here).
-    let be_addr = u32::from_ne_bytes([be.addr[0], be.addr[1], be.addr[2], be.addr[3]]);
-    rewrite(ctx, f, End::Dst, be_addr, be.port).map_err(|_| drop_reason::TRUNCATED)?;
+    let (be_addr, be_port) = pick_backend(f, &svc, now).ok_or(drop_reason::NO_BACKEND)?;
+    rewrite(ctx, f, End::Dst, be_addr, be_port).map_err(|_| drop_reason::TRUNCATED)?;
     let (vip, vport) = (f.dst, f.dst_port);
-    f.dst = [u64::from(be_addr), 0];
-    f.dst_port = be.port;
-    f.ct_dst_port = be.port;
+    f.dst = be_addr;
+    f.dst_port = be_port;
+    f.ct_dst_port = be_port;
     record(f, vip, vport, now);
     Ok(())
 }
 
-/// The backend for a new flow: the client's affinity entry when the service has ClientIP
-/// affinity and it is fresh, else a hash of the flow (stable: a re-translated flow whose
-/// entries were evicted lands on the same backend while the backend set is unchanged).
+/// The backend for a new flow, as a [`Flow`] address and a port: the client's affinity entry
+/// when the service has ClientIP affinity and it is fresh, else a hash of the flow (stable:
+/// a re-translated flow whose entries were evicted lands on the same backend while the
+/// backend set is unchanged).
 #[inline(always)]
-fn pick_backend(f: &Flow, svc: &NatService, now: u64) -> Option<NatBackend> {
+fn pick_backend(f: &Flow, svc: &NatService, now: u64) -> Option<([u64; 2], u16)> {
     let count = svc.backend_count;
     if count == 0 {
         return None;
@@ -114,8 +125,28 @@ fn pick_backend(f: &Flow, svc: &NatService, now: u64) -> Option<NatBackend> {
         }
     }
     let key = NatBackendKey { service_id: svc.service_id, ordinal };
-    // SAFETY: a live map value, copied.
-    POLC_NAT_BE.get_ptr(&key).map(|b| unsafe { *b })
+    let b = POLC_NAT_BE.get_ptr(&key)?;
+    // SAFETY: a live map value (8-aligned): the address is its first 16 bytes.
+    let (addr, port) = unsafe { (flow_addr(f.family, b.cast::<u64>()), (*b).port) };
+    Some((addr, port))
+}
+
+/// The 16-byte address at `w` as a [`Flow`] address of family `fam` (IPv4: the first 4
+/// bytes, the rest zero whatever the map holds).
+///
+/// # Safety
+/// `w` must point to 16 readable, 8-aligned bytes (a map value field at an 8-aligned
+/// offset).
+#[inline(always)]
+unsafe fn flow_addr(fam: u8, w: *const u64) -> [u64; 2] {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        if fam == family::IPV4 {
+            [u64::from(w.cast::<u32>().read()), 0]
+        } else {
+            [w.read(), w.add(1).read()]
+        }
+    }
 }
 
 /// A mix of the client's address and port (the service end is the same for every flow of
@@ -176,8 +207,8 @@ fn record(f: &Flow, vip: [u64; 2], vport: u16, now: u64) {
 /// hook get the service as source. Anything else passes unchanged.
 #[inline(always)]
 pub fn fast_path(ctx: &TcContext, f: &Flow, e: &CtEntry, to_ep: bool, forward: bool) -> bool {
-    // SAFETY: the first 4 bytes of the entry's address field (offset 24 of a map value).
-    let addr = unsafe { core::ptr::addr_of!(e.nat_addr).cast::<u32>().read() };
+    // SAFETY: the entry's address field sits at offset 24 of an 8-aligned map value.
+    let addr = unsafe { flow_addr(f.family, core::ptr::addr_of!(e.nat_addr).cast::<u64>()) };
     if !to_ep && forward && e.nat_flags & ct_nat::DNAT != 0 {
         return rewrite(ctx, f, End::Dst, addr, e.nat_port).is_ok();
     }
@@ -187,29 +218,123 @@ pub fn fast_path(ctx: &TcContext, f: &Flow, e: &CtEntry, to_ep: bool, forward: b
     true
 }
 
-/// Rewrites one end (IPv4 address and L4 port) of the TCP/UDP packet `f` was parsed from,
-/// fixing the IPv4 header checksum and the L4 checksum (pseudo-header included) in place.
-/// A UDP checksum of 0 (none) stays 0. `addr` is the new address as the packet's 4 bytes
-/// read natively, `port` the new port in host order.
+/// Rewrites one end (address and L4 port) of the TCP/UDP/SCTP packet `f` was parsed from,
+/// fixing its checksums in place. `addr` is the new address as a [`Flow`] address, `port`
+/// the new port in host order.
+///
+/// IPv4 has a header checksum (`bpf_l3_csum_replace`); IPv6 has none. TCP and UDP checksums
+/// cover the addresses through the pseudo-header (`BPF_F_PSEUDO_HDR`, which also keeps a
+/// `CHECKSUM_PARTIAL` skb's pseudo-header sum right); a UDP checksum of 0 (none, IPv4 only)
+/// stays 0. SCTP's CRC32c covers only the SCTP packet: see [`sctp_ports`].
 #[inline(always)]
-fn rewrite(ctx: &TcContext, f: &Flow, end: End, addr: u32, port: u16) -> Result<(), i64> {
+fn rewrite(ctx: &TcContext, f: &Flow, end: End, addr: [u64; 2], port: u16) -> Result<(), i64> {
     let l4 = f.l4_off as usize;
-    let (addr_off, port_off, old_addr, old_port) = match end {
-        End::Src => (IP_SRC, l4, f.src[0] as u32, f.src_port),
-        End::Dst => (IP_DST, l4 + 2, f.dst[0] as u32, f.dst_port),
+    let v6 = f.family == family::IPV6;
+    let (old_addr, old_port, port_off) = match end {
+        End::Src => (f.src, f.src_port, l4),
+        End::Dst => (f.dst, f.dst_port, l4 + 2),
     };
+    let addr_off = match (v6, end) {
+        (false, End::Src) => IP_SRC,
+        (false, End::Dst) => IP_DST,
+        (true, End::Src) => IP6_SRC,
+        (true, End::Dst) => IP6_DST,
+    };
+    if f.protocol == IPPROTO_SCTP {
+        return sctp_ports(ctx, f, port_off, old_port, port, |csum_flags| {
+            store_addr(ctx, v6, addr_off, old_addr, addr, csum_flags)
+        });
+    }
     let (csum_off, mangled) = if f.protocol == IPPROTO_TCP {
         (l4 + 16, 0)
     } else {
         (l4 + 6, u64::from(BPF_F_MARK_MANGLED_0))
     };
-    let (old_port, port) = (old_port.to_be(), port.to_be());
     let pseudo = u64::from(BPF_F_PSEUDO_HDR);
-    ctx.l4_csum_replace(csum_off, u64::from(old_addr), u64::from(addr), pseudo | mangled | 4)?;
+    if v6 {
+        let (mut from, mut to) = (old_addr, addr);
+        // SAFETY: two 16-byte buffers on the stack, sizes multiples of 4 as required.
+        let diff = unsafe {
+            aya_ebpf::helpers::bpf_csum_diff(
+                from.as_mut_ptr().cast(),
+                16,
+                to.as_mut_ptr().cast(),
+                16,
+                0,
+            )
+        };
+        if diff < 0 {
+            return Err(diff);
+        }
+        // Size 0: `to` is a checksum difference.
+        ctx.l4_csum_replace(csum_off, 0, diff as u64, pseudo | mangled)?;
+    } else {
+        let (from, to) = (u64::from(old_addr[0] as u32), u64::from(addr[0] as u32));
+        ctx.l4_csum_replace(csum_off, from, to, pseudo | mangled | 4)?;
+    }
+    let (old_port, port) = (old_port.to_be(), port.to_be());
     ctx.l4_csum_replace(csum_off, u64::from(old_port), u64::from(port), mangled | 2)?;
-    ctx.l3_csum_replace(IP_CSUM, u64::from(old_addr), u64::from(addr), 4)?;
-    ctx.store(addr_off, &addr, 0)?;
+    store_addr(ctx, v6, addr_off, old_addr, addr, 0)?;
     ctx.store(port_off, &port, 0)?;
+    Ok(())
+}
+
+/// Writes the new address at `addr_off`: IPv4 with its header checksum fixed, IPv6 as 16
+/// bytes. `flags` go to the store (`BPF_F_RECOMPUTE_CSUM` when no checksum field
+/// compensates the change in a `CHECKSUM_COMPLETE` skb's sum).
+#[inline(always)]
+fn store_addr(
+    ctx: &TcContext,
+    v6: bool,
+    addr_off: usize,
+    old: [u64; 2],
+    new: [u64; 2],
+    flags: u64,
+) -> Result<(), i64> {
+    if v6 {
+        ctx.store(addr_off, &new, flags)
+    } else {
+        let (from, to) = (old[0] as u32, new[0] as u32);
+        ctx.l3_csum_replace(IP_CSUM, u64::from(from), u64::from(to), 4)?;
+        // The header checksum compensates the address: the packet's sum is unchanged.
+        ctx.store(addr_off, &to, 0)
+    }
+}
+
+/// The SCTP rewrite: the address (through `store_addr`; no SCTP checksum covers it) and
+/// the port, whose change goes into the CRC32c by linearity (`polc_abi::crc32c`): two
+/// table reads and two carry-less multiplications instead of a pass over the packet.
+///
+/// A `CHECKSUM_PARTIAL` skb (SCTP over a veth with CRC offload: the CRC is computed later,
+/// over the bytes as they are then) gets a meaningless update of a field the kernel
+/// overwrites; any other skb carries a real CRC, which stays valid. Stores recompute a
+/// `CHECKSUM_COMPLETE` skb's sum (nothing compensates them).
+#[inline(always)]
+fn sctp_ports(
+    ctx: &TcContext,
+    f: &Flow,
+    port_off: usize,
+    old_port: u16,
+    port: u16,
+    store_addr: impl FnOnce(u64) -> Result<(), i64>,
+) -> Result<(), i64> {
+    let l4 = f.l4_off as usize;
+    let recompute = u64::from(BPF_F_RECOMPUTE_CSUM);
+    // The SCTP packet's length from the IP header (the skb may carry link-layer padding).
+    let ip_end = if f.family == family::IPV6 {
+        ETH_HLEN + 40 + usize::from(u16::from_be(ctx.load::<u16>(IP6_PAYLOAD_LEN)?))
+    } else {
+        ETH_HLEN + usize::from(u16::from_be(ctx.load::<u16>(IP_TOTAL_LEN)?))
+    };
+    let len = ip_end.wrapping_sub(l4) as u32 & 0xffff;
+    let (old_be, new_be) = (old_port.to_be(), port.to_be());
+    // The first 4 bytes are the source and destination ports.
+    let d = u32::from(old_be ^ new_be) << ((port_off - l4) * 8);
+    let crc: u32 = ctx.load(l4 + SCTP_CSUM)?;
+    let crc = crc ^ crc32c::head_change(len, d, &SCTP_X8N_LO, &SCTP_X8N_HI);
+    store_addr(recompute)?;
+    ctx.store(port_off, &new_be, recompute)?;
+    ctx.store(l4 + SCTP_CSUM, &crc, recompute)?;
     Ok(())
 }
 

@@ -7,6 +7,8 @@
 //! test keeps them equal to the struct's real layout.
 #![no_std]
 
+pub mod crc32c;
+
 /// tc classifier return codes (`TC_ACT_*` from `linux/pkt_cls.h`).
 pub mod tc_act {
     /// Use the default action configured on the qdisc.
@@ -757,7 +759,7 @@ pub struct NatFrontendKey {
     pub addr: [u8; 16],
     /// The service port, host order.
     pub port: u16,
-    /// IP protocol number (6 TCP, 17 UDP; the runtime translates only these two).
+    /// IP protocol number (the runtime translates 6 TCP, 17 UDP and 132 SCTP).
     pub protocol: u8,
     /// [`family`] value.
     pub family: u8,
