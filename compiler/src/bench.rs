@@ -24,6 +24,10 @@ pub struct BenchArgs {
     pub pods: usize,
     #[arg(long = "output", value_enum, default_value = "text")]
     pub output: crate::compile::OutputFormat,
+    /// Also write the results as an SVG chart (worst flow's ns and worst-case instructions
+    /// against rule count, per level; log scales) to this file.
+    #[arg(long)]
+    pub svg: Option<std::path::PathBuf>,
 }
 
 /// The flows every size is measured on: denied by the security tier, allowed late, and
@@ -85,6 +89,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             });
         }
     }
+    if let Some(path) = &args.svg {
+        // Written beside the target and renamed: never a half-written file.
+        let tmp = path.with_extension("svg.tmp");
+        std::fs::write(&tmp, svg(&rows, args.repeat))
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| Error::other(format!("writing {}: {e}", path.display())))?;
+    }
     let text = match args.output {
         crate::compile::OutputFormat::Json => {
             let v: Vec<_> = rows
@@ -127,4 +138,94 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
     };
     print_stdout(&text)
+}
+
+/// Two log-log panels (ns of the slowest flow; worst-case instructions) against the rule
+/// count, one line per requested level. Plain SVG: no plotting dependency for two charts.
+fn svg(rows: &[Row], repeat: u32) -> String {
+    const W: f64 = 460.0;
+    const H: f64 = 300.0;
+    const PAD: f64 = 60.0;
+    let colours = [(0u8, "#c0392b"), (1, "#2874a6"), (2, "#1e8449")];
+    let log = |v: f64| v.max(1.0).log10();
+    let xs: Vec<f64> = rows.iter().map(|r| log(r.rules as f64)).collect();
+    let (x0, x1) =
+        (xs.iter().cloned().fold(f64::MAX, f64::min), xs.iter().cloned().fold(0.0, f64::max));
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n",
+        2.0 * W,
+        H + 30.0
+    );
+    out.push_str(&format!(
+        "<text x=\"10\" y=\"{}\">polc bench: synthetic policy on one endpoint, \
+         BPF_PROG_TEST_RUN x {repeat}; red -O0, blue -O1, green -O2 (level requested; \
+         -O2 falls back to -O1 past its reach)</text>\n",
+        H + 22.0
+    ));
+    fn slowest(r: &Row) -> f64 {
+        r.ns.iter().copied().max().unwrap_or(0) as f64
+    }
+    fn worst(r: &Row) -> f64 {
+        r.worst_insns as f64
+    }
+    type Metric = fn(&Row) -> f64;
+    let panels: [(&str, Metric); 2] =
+        [("ns per packet, slowest of 4 flows", slowest), ("worst-case instructions (CFG)", worst)];
+    for (k, (title, value)) in panels.iter().enumerate() {
+        let left = k as f64 * W;
+        let ys: Vec<f64> = rows.iter().map(|r| log(value(r))).collect();
+        let y0 = ys.iter().cloned().fold(f64::MAX, f64::min).floor();
+        let y1 = ys.iter().cloned().fold(0.0, f64::max).ceil().max(y0 + 1.0);
+        let px = |x: f64| left + PAD + (x - x0) / (x1 - x0).max(1e-9) * (W - 2.0 * PAD);
+        let py = |y: f64| H - PAD + 20.0 - (y - y0) / (y1 - y0) * (H - 2.0 * PAD);
+        out.push_str(&format!(
+            "<text x=\"{}\" y=\"20\" font-weight=\"bold\">{title}</text>\n",
+            left + PAD
+        ));
+        out.push_str(&format!(
+            "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#999\"/>\n",
+            px(x0),
+            py(y1),
+            px(x1) - px(x0),
+            py(y0) - py(y1)
+        ));
+        let mut e = y0;
+        while e <= y1 {
+            out.push_str(&format!(
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">1e{}</text>\n",
+                px(x0) - 6.0,
+                py(e) + 4.0,
+                e as i32
+            ));
+            e += 1.0;
+        }
+        let mut seen = Vec::new();
+        for r in rows {
+            if !seen.contains(&r.rules) {
+                seen.push(r.rules);
+                out.push_str(&format!(
+                    "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
+                    px(log(r.rules as f64)),
+                    py(y0) + 16.0,
+                    r.rules
+                ));
+            }
+        }
+        for (level, colour) in colours {
+            let points: Vec<String> = rows
+                .iter()
+                .filter(|r| r.opt == level)
+                .map(|r| format!("{:.1},{:.1}", px(log(r.rules as f64)), py(log(value(r)))))
+                .collect();
+            if points.len() > 1 {
+                out.push_str(&format!(
+                    "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>\n",
+                    points.join(" ")
+                ));
+            }
+        }
+    }
+    out.push_str("</svg>\n");
+    out
 }
