@@ -42,6 +42,10 @@ pub mod map {
     pub const PEER_BITS: u32 = 8;
 }
 
+/// Shortest run of same-protocol rules worth a protocol guard (the guard costs two
+/// instructions; each rule of the run starts with the same protocol test anyway).
+const MIN_GUARDED_RUN: usize = 3;
+
 /// A map's (key, value) entries, as bytes.
 pub type MapContents = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -472,6 +476,7 @@ fn emit(
         tier_part: vec![0; ep.tiers.len() + 1],
         targets: tier_part,
         limits,
+        guard: None,
     };
     e.open_part();
     // The runtime has already dropped flows whose endpoint side is not the endpoint's own
@@ -494,9 +499,12 @@ fn emit(
                 tier.order.map_or("none".to_string(), |o| o.to_string()),
                 tier.default_action.as_str()
             ));
-            for pol in &tier.policies {
-                for rule in &pol.rules {
+            let tier_rules: Vec<(&polc_ir::Policy, &polc_ir::Rule)> =
+                tier.policies.iter().flat_map(|p| p.rules.iter().map(move |r| (p, r))).collect();
+            for (i, &(pol, rule)) in tier_rules.iter().enumerate() {
+                {
                     e.maybe_split(t, ep, total_rules)?;
+                    e.protocol_guard(&tier_rules[i..]);
                     let key = RuleKey::Rule {
                         direction: ep.direction,
                         tier: tier.name.clone(),
@@ -538,6 +546,7 @@ fn emit(
                     e.g.a.bind(next);
                 }
             }
+            e.close_guard();
             if tier.default_action == TierDefault::Deny {
                 let key = RuleKey::TierDefault { direction: ep.direction, tier: tier.name.clone() };
                 let id = rules.id(key.clone());
@@ -610,6 +619,8 @@ struct Emitter<'t> {
     /// The first pass's `tier_part`, used as tail-call targets.
     targets: &'t [usize],
     limits: Limits,
+    /// The open protocol run: its protocol and where its guard jumps.
+    guard: Option<(u8, Label)>,
 }
 
 impl Emitter<'_> {
@@ -664,6 +675,45 @@ impl Emitter<'_> {
         self.part.dispatch_at = a.mark();
     }
 
+    /// Before the first of `rules` (the rest of the tier): if it starts a run of rules that
+    /// all require one protocol, test the protocol once and skip the run for any other
+    /// (those rules cannot match it, so skipping them changes no verdict and no count).
+    fn protocol_guard(&mut self, rules: &[(&polc_ir::Policy, &polc_ir::Rule)]) {
+        let family = self.g.family;
+        let protocol = |r: &polc_ir::Rule| {
+            r.matches.ip_version.is_none_or(|v| v == family).then_some(r.matches.protocol)
+        };
+        let Some(&(_, first)) = rules.first() else { return };
+        let want = protocol(first).flatten();
+        if let Some((open, _)) = self.guard {
+            if want == Some(open) {
+                return;
+            }
+            self.close_guard();
+        }
+        let Some(p) = want else { return };
+        let run = rules.iter().take_while(|(_, r)| protocol(r) == Some(Some(p))).count();
+        if run < MIN_GUARDED_RUN {
+            return;
+        }
+        let end = self.g.a.label();
+        let a = &mut self.g.a;
+        a.comment(format!(
+            "the next {run} rules all need protocol {}: skip them for any other",
+            proto::name(p)
+        ));
+        a.push(Insn::ldx(Size::B, Reg::R1, STATE, abi::FLOW_PROTOCOL as i16));
+        a.jump_if(Cond::Ne, Reg::R1, p as i32, end);
+        self.guard = Some((p, end));
+    }
+
+    /// Ends the open protocol run (its guard jumps here).
+    fn close_guard(&mut self) {
+        if let Some((_, end)) = self.guard.take() {
+            self.g.a.bind(end);
+        }
+    }
+
     /// Split before the next rule (or tier) of tier `t` when the part is full.
     fn maybe_split(
         &mut self,
@@ -703,6 +753,9 @@ impl Emitter<'_> {
     /// continue in a new one.
     fn split(&mut self, t: usize) -> Result<(), AsmError> {
         let next = self.index() + 1;
+        // A guard skipping the rest of a protocol run lands here: those rules cannot match,
+        // so the flow continues where this part stops.
+        self.close_guard();
         // Falling off the end of this part continues where it stopped, in the next part.
         self.g.a.comment(format!("no rule decided in this part: continue in part {next}"));
         self.tail_call_part(resume_part(next), next);

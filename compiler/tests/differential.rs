@@ -212,3 +212,59 @@ fn split_programs_agree_with_the_evaluator() {
     eprintln!("split differential: {total} flows, {split} split programs");
     assert!(split >= 20, "only {split} programs were split");
 }
+
+/// Protocol guards (one protocol test skipping a run of rules that all need it) crossing
+/// part boundaries: long same-protocol runs, Pass and Log inside them, split into tiny
+/// parts at -O0 and -O1, against the evaluator in the kernel and the vm.
+#[test]
+fn protocol_runs_split_across_parts_agree_with_the_evaluator() {
+    polc_loader::require_kernel!();
+    let mut yaml = String::from(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: app, labels: {app: web}}\n\
+         status: {podIP: 10.1.0.5}\n---\napiVersion: v1\nkind: Pod\n\
+         metadata: {name: cli, namespace: app, labels: {app: cli}}\nstatus: {podIP: 10.1.0.6}\n\
+         ---\napiVersion: projectcalico.org/v3\nkind: NetworkPolicy\n\
+         metadata: {name: runs, namespace: app}\nspec:\n  selector: app == 'web'\n  \
+         types: [Ingress]\n  ingress:\n",
+    );
+    // Runs of 7 TCP, 5 UDP, 4 TCP rules (ports that the flows below hit and miss), a Log
+    // and a Pass inside runs, then an allow for the client on UDP 53.
+    let mut port = 1000;
+    for (protocol, n) in [("TCP", 7), ("UDP", 5), ("TCP", 4)] {
+        for i in 0..n {
+            let action = if i == 2 {
+                "Log"
+            } else if i == 4 {
+                "Pass"
+            } else {
+                "Deny"
+            };
+            port += 1;
+            yaml.push_str(&format!(
+                "  - action: {action}\n    protocol: {protocol}\n    source: {{selector: \
+                 app == 'cli'}}\n    destination: {{ports: [{port}]}}\n"
+            ));
+        }
+    }
+    yaml.push_str("  - action: Allow\n    protocol: UDP\n    destination: {ports: [53]}\n");
+    let cluster = polc::frontend::load_str("runs.yaml", &yaml).expect("valid yaml");
+    let mut engines = 0;
+    let mut total = 0;
+    for opt_level in [0, 1] {
+        for part_insns in [16, 40, 16_384] {
+            let limits = Limits { part_insns, max_parts: 31 };
+            let ir = polc::lower::lower(&cluster);
+            let compiled = compile_ir_with(ir, Options { limits, opt_level, ..Options::default() })
+                .expect("compiles");
+            let listing: String =
+                compiled.programs.iter().map(|p| polc::compile::listing(&compiled, p)).collect();
+            assert!(listing.contains("rules all need protocol tcp"), "a guard was emitted");
+            total += check_compiled(
+                &format!("runs -O{opt_level} parts of {part_insns}"),
+                &compiled,
+                &mut engines,
+            );
+        }
+    }
+    assert!(total > 500, "only {total} flows checked");
+}

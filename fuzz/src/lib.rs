@@ -245,6 +245,39 @@ pub fn cluster_yaml(u: &mut Unstructured) -> Result<String> {
             y.push_str(&calico_policy(u, n, &tiers)?);
         }
     }
+    for n in 0..u.int_in_range(0..=2)? {
+        y.push_str(&service(u, n)?);
+    }
+    Ok(y)
+}
+
+/// A Service (cluster IPs, ports with number or named target ports, selector, affinity) and
+/// sometimes an EndpointSlice for it, including values the frontend must refuse cleanly.
+fn service(u: &mut Unstructured, n: usize) -> Result<String> {
+    let ns = pick(u, &NAMESPACES)?;
+    let ip = pick(u, &["10.96.0.10", "10.96.0.11", "fd96::10", "None", "", "10.96.0.300"])?;
+    let port = pick(u, &PORTS)?;
+    let target = pick(u, &["8080", "http", "\"8080\"", "0", "metrics"])?;
+    let protocol = pick(u, &["TCP", "UDP", "SCTP", "ICMP"])?;
+    let affinity = pick(u, &["None", "ClientIP", ""])?;
+    let mut y = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: s{n}\n  namespace: {ns}\nspec:\n  \
+         clusterIP: \"{ip}\"\n  sessionAffinity: \"{affinity}\"\n  selector:\n{}  ports:\n  \
+         - name: p\n    port: {port}\n    protocol: {protocol}\n    targetPort: {target}\n",
+        labels(u, "    ")?
+    );
+    if u.ratio(1, 2)? {
+        let family = pick(u, &["IPv4", "IPv6", "FQDN"])?;
+        let addr = pick(u, &["10.1.2.10", "fd00:1::a", "not-an-ip", "10.1.2.11"])?;
+        let ready = pick(u, &["true", "false", "null"])?;
+        let _ = write!(
+            y,
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  \
+             name: s{n}-x\n  namespace: {ns}\n  labels:\n    kubernetes.io/service-name: s{n}\n\
+             addressType: {family}\nendpoints:\n- addresses: [\"{addr}\"]\n  conditions: \
+             {{ready: {ready}}}\nports:\n- name: p\n  port: {port}\n  protocol: {protocol}\n"
+        );
+    }
     Ok(y)
 }
 
@@ -307,8 +340,10 @@ fn flow_for(u: &mut Unstructured, ep: &EndpointPolicy, family: Family) -> Result
 /// a vm failure; inputs the frontend or compiler refuse are fine.
 pub fn check_compiled_matches_evaluator(yaml: &str, u: &mut Unstructured) {
     let Ok(cluster) = polc::frontend::load_str("fuzz.yaml", yaml) else { return };
+    // Service resolution must answer (or refuse) without panicking.
+    let _ = polc::services::frontends(&cluster);
     let ir = polc::lower::lower(&cluster);
-    for opt_level in [0u8, 2] {
+    for opt_level in [0u8, 1, 2] {
         let Ok(compiled) = compile_ir_with(ir.clone(), Options { opt_level, ..Options::default() })
         else {
             return;
