@@ -860,14 +860,8 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
             interfaces_detached.push(ep.ifname.clone());
         }
     }
-    // Backends of replaced or removed services: no frontend points at them any more.
     if let Some(old) = &old {
-        let live: BTreeSet<u32> = meta.services.iter().map(|s| s.service_id).collect();
-        let stale: Vec<(u32, u32)> = (old.services.iter())
-            .filter(|s| !live.contains(&s.service_id))
-            .map(|s| (s.service_id, s.backends.len() as u32))
-            .collect();
-        remove_backends(&rt, &stale);
+        remove_stale_backends(&rt, old, &meta);
     }
     let mut slots_freed = 0;
     if let Some(old) = &old {
@@ -876,21 +870,7 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
         remove_generation(&gen_dir(pin, old.generation), &rt, Some(&old_slots));
     }
 
-    let endpoints = meta
-        .endpoints
-        .iter()
-        .map(|e| EndpointReport {
-            name: e.name.clone(),
-            ifname: e.ifname.clone(),
-            ifindex: e.ifindex,
-            endpoint_id: e.endpoint_id,
-            ingress_slot: slot_of(&meta, e.ingress),
-            egress_slot: slot_of(&meta, e.egress),
-            ingress_slot_v6: slot_of(&meta, e.ingress_v6),
-            egress_slot_v6: slot_of(&meta, e.egress_v6),
-            addresses: e.addresses.clone(),
-        })
-        .collect();
+    let endpoints = endpoint_reports(&meta);
     Ok(AttachReport {
         generation,
         runtime_loaded,
@@ -1046,25 +1026,8 @@ fn update_in_place(
         let _ = write_meta(&dir, old);
         return Err(e);
     }
-    let live_ids: BTreeSet<u32> = meta.services.iter().map(|s| s.service_id).collect();
-    let stale: Vec<(u32, u32)> = (old.services.iter())
-        .filter(|s| !live_ids.contains(&s.service_id))
-        .map(|s| (s.service_id, s.backends.len() as u32))
-        .collect();
-    remove_backends(rt, &stale);
-    let endpoints = (meta.endpoints.iter())
-        .map(|e| EndpointReport {
-            name: e.name.clone(),
-            ifname: e.ifname.clone(),
-            ifindex: e.ifindex,
-            endpoint_id: e.endpoint_id,
-            ingress_slot: slot_of(&meta, e.ingress),
-            egress_slot: slot_of(&meta, e.egress),
-            ingress_slot_v6: slot_of(&meta, e.ingress_v6),
-            egress_slot_v6: slot_of(&meta, e.egress_v6),
-            addresses: e.addresses.clone(),
-        })
-        .collect();
+    remove_stale_backends(rt, old, &meta);
+    let endpoints = endpoint_reports(&meta);
     Ok(Some(AttachReport {
         generation: old.generation,
         runtime_loaded: false,
@@ -1170,6 +1133,34 @@ fn switch_frontends(
         done.push((o.key.clone(), prev));
     }
     Ok(())
+}
+
+/// The report line of every endpoint in `meta`.
+fn endpoint_reports(meta: &Meta) -> Vec<EndpointReport> {
+    (meta.endpoints.iter())
+        .map(|e| EndpointReport {
+            name: e.name.clone(),
+            ifname: e.ifname.clone(),
+            ifindex: e.ifindex,
+            endpoint_id: e.endpoint_id,
+            ingress_slot: slot_of(meta, e.ingress),
+            egress_slot: slot_of(meta, e.egress),
+            ingress_slot_v6: slot_of(meta, e.ingress_v6),
+            egress_slot_v6: slot_of(meta, e.egress_v6),
+            addresses: e.addresses.clone(),
+        })
+        .collect()
+}
+
+/// After a switch: the backends of services `old` had and `now` does not (replaced or
+/// removed): no frontend points at them any more.
+fn remove_stale_backends(rt: &RuntimeFds, old: &Meta, now: &Meta) {
+    let live: BTreeSet<u32> = now.services.iter().map(|s| s.service_id).collect();
+    let stale: Vec<(u32, u32)> = (old.services.iter())
+        .filter(|s| !live.contains(&s.service_id))
+        .map(|s| (s.service_id, s.backends.len() as u32))
+        .collect();
+    remove_backends(rt, &stale);
 }
 
 /// Deletes backends `0..count` of each service id (best effort: used to clean up).
