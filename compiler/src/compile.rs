@@ -171,12 +171,11 @@ pub fn compile_ir_with(ir: Ir, options: Options) -> Result<Compiled> {
             };
             // An endpoint whose policy has the shape of one already compiled (a replica)
             // shares that program: nothing is generated.
-            if options.share_shapes {
-                if let Some(i) = shapes.find(&ir.endpoints, ep, family) {
-                    if let Some(p) = programs.get_mut(i) {
-                        p.endpoints.push(ep.endpoint.clone());
-                        continue;
-                    }
+            let shape = options.share_shapes.then(|| Shape::of(ep, family));
+            if let Some(i) = shape.as_ref().and_then(|sh| shapes.find(&ir.endpoints, ep, sh)) {
+                if let Some(p) = programs.get_mut(i) {
+                    p.endpoints.push(ep.endpoint.clone());
+                    continue;
                 }
             }
             let (generated, local_maps, opt_level, fallback) =
@@ -194,7 +193,7 @@ pub fn compile_ir_with(ir: Ir, options: Options) -> Result<Compiled> {
             );
             if let Some(&i) = by_bytes.get(&key) {
                 programs[i].endpoints.push(ep.endpoint.clone());
-                shapes.insert(ep_index, ep, family, i);
+                shapes.insert(ep_index, shape, i);
                 continue;
             }
             let inlined: Vec<u32> = codegen::map_specs(family, 0, 0, 0)
@@ -208,7 +207,7 @@ pub fn compile_ir_with(ir: Ir, options: Options) -> Result<Compiled> {
             let worst_case = chained_worst_case(&parts, &generated.next_parts, &inlined)
                 .map_err(|e| Error::other(format!("{}: CFG analysis: {e}", what())))?;
             by_bytes.insert(key, programs.len());
-            shapes.insert(ep_index, ep, family, programs.len());
+            shapes.insert(ep_index, shape, programs.len());
             programs.push(CompiledProgram {
                 endpoints: vec![ep.endpoint.clone()],
                 direction: ep.direction,
@@ -291,12 +290,27 @@ struct ShapeMemo {
     by_hash: std::collections::HashMap<u64, Vec<Shaped>>,
 }
 
-struct Shaped {
-    /// Index of the endpoint it was generated for, in `Ir::endpoints`.
-    ep_index: usize,
+/// What an endpoint's program depends on besides its rules and sets: the family, how many
+/// own addresses it has and their relation to the sets; with a hash over all of it.
+struct Shape {
     family: Family,
     own: usize,
     relation: Vec<u8>,
+    hash: u64,
+}
+
+impl Shape {
+    fn of(ep: &EndpointPolicy, family: Family) -> Shape {
+        let (own, relation) = own_relation(ep, family);
+        let hash = shape_hash(ep, family, own, &relation);
+        Shape { family, own, relation, hash }
+    }
+}
+
+struct Shaped {
+    /// Index of the endpoint it was generated for, in `Ir::endpoints`.
+    ep_index: usize,
+    shape: Shape,
     /// Index into the compiled programs.
     program: usize,
 }
@@ -346,15 +360,13 @@ impl ShapeMemo {
         &self,
         endpoints: &[EndpointPolicy],
         ep: &EndpointPolicy,
-        family: Family,
+        shape: &Shape,
     ) -> Option<usize> {
-        let (own, relation) = own_relation(ep, family);
-        let hash = shape_hash(ep, family, own, &relation);
-        let found = self.by_hash.get(&hash)?.iter().find(|s| {
+        let found = self.by_hash.get(&shape.hash)?.iter().find(|s| {
             let rep = endpoints.get(s.ep_index);
-            s.family == family
-                && s.relation == relation
-                && s.own == own
+            s.shape.family == shape.family
+                && s.shape.relation == shape.relation
+                && s.shape.own == shape.own
                 && rep.is_some_and(|r| {
                     r.direction == ep.direction
                         && (Arc::ptr_eq(&r.tiers, &ep.tiers) || r.tiers == ep.tiers)
@@ -365,13 +377,13 @@ impl ShapeMemo {
         Some(found.program)
     }
 
-    fn insert(&mut self, ep_index: usize, ep: &EndpointPolicy, family: Family, program: usize) {
-        let (own, relation) = own_relation(ep, family);
-        let hash = shape_hash(ep, family, own, &relation);
-        let shapes = self.by_hash.entry(hash).or_default();
+    /// Records `program` for the endpoint's shape (`None`: sharing is off).
+    fn insert(&mut self, ep_index: usize, shape: Option<Shape>, program: usize) {
+        let Some(shape) = shape else { return };
+        let shapes = self.by_hash.entry(shape.hash).or_default();
         // One representative per shape is enough.
-        if !shapes.iter().any(|s| s.program == program && s.relation == relation) {
-            shapes.push(Shaped { ep_index, family, own, relation, program });
+        if !shapes.iter().any(|s| s.program == program && s.shape.relation == shape.relation) {
+            shapes.push(Shaped { ep_index, shape, program });
         }
     }
 }

@@ -798,7 +798,7 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
     }
 
     // The switch: one POLC_EP update per endpoint moves both of its hooks at once.
-    let mut switched: Vec<(u32, Option<Vec<u8>>)> = Vec::new();
+    let mut switched = Saved::new();
     let mut outcome = Ok(());
     for ep in &meta.endpoints {
         let Some(value) = endpoint_value(&meta, ep) else {
@@ -806,19 +806,12 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
             break;
         };
         let key = ep.ifindex.to_ne_bytes();
-        let step = sys::map_lookup(rt.ep.as_fd(), &key).and_then(|before| {
-            sys::map_update(rt.ep.as_fd(), &key, &value.to_bytes(), UpdateFlags::Any)?;
-            Ok(before)
-        });
-        match step {
-            Ok(before) => switched.push((ep.ifindex, before)),
-            Err(e) => {
-                outcome = Err(e.into());
-                break;
-            }
+        if let Err(e) = set_saved(rt.ep.as_fd(), &key, Some(&value.to_bytes()), &mut switched) {
+            outcome = Err(e.into());
+            break;
         }
     }
-    let mut frontends_switched: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    let mut frontends_switched = Saved::new();
     if outcome.is_ok() {
         outcome = switch_frontends(&rt, &nat.services, old.as_ref(), &mut frontends_switched);
     }
@@ -827,20 +820,9 @@ pub fn attach(desired: &Desired, opts: &AttachOptions) -> Result<AttachReport> {
     }
     if let Err(e) = outcome {
         // Put back what was switched; the old generation is still loaded and current.
-        for (key, prev) in frontends_switched.iter().rev() {
-            let _ = match prev {
-                Some(v) => sys::map_update(rt.nat_fe.as_fd(), key, v, UpdateFlags::Any),
-                None => sys::map_delete(rt.nat_fe.as_fd(), key).map(drop),
-            };
-        }
+        restore(rt.nat_fe.as_fd(), &frontends_switched);
         remove_backends(&rt, &nat.written);
-        for (ifindex, prev) in switched.iter().rev() {
-            let k = ifindex.to_ne_bytes();
-            let _ = match prev {
-                Some(v) => sys::map_update(rt.ep.as_fd(), &k, v, UpdateFlags::Any),
-                None => sys::map_delete(rt.ep.as_fd(), &k).map(drop),
-            };
-        }
+        restore(rt.ep.as_fd(), &switched);
         let _ = detach_links(pin, &new_links);
         remove_generation(&dir, &rt, Some(&built.slots));
         return Err(e);
@@ -994,7 +976,7 @@ fn update_in_place(
             changed += 1;
         }
     }
-    let mut frontends_switched = Vec::new();
+    let mut frontends_switched = Saved::new();
     if failure.is_none() {
         failure = switch_frontends(rt, &nat.services, Some(old), &mut frontends_switched).err();
     }
@@ -1016,12 +998,7 @@ fn update_in_place(
                 let _ = sys::map_update(fd.as_fd(), k, v, UpdateFlags::Any);
             }
         }
-        for (key, prev) in frontends_switched.iter().rev() {
-            let _ = match prev {
-                Some(v) => sys::map_update(rt.nat_fe.as_fd(), key, v, UpdateFlags::Any),
-                None => sys::map_delete(rt.nat_fe.as_fd(), key).map(drop),
-            };
-        }
+        restore(rt.nat_fe.as_fd(), &frontends_switched);
         remove_backends(rt, &nat.written);
         let _ = write_meta(&dir, old);
         return Err(e);
@@ -1114,7 +1091,7 @@ fn switch_frontends(
     rt: &RuntimeFds,
     services: &[MetaService],
     old: Option<&Meta>,
-    done: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    done: &mut Saved,
 ) -> Result<()> {
     let old_services = old.map(|m| m.services.as_slice()).unwrap_or_default();
     for s in services {
@@ -1122,17 +1099,42 @@ fn switch_frontends(
         if old_services.iter().any(|o| o.key == s.key && o.value == s.value) {
             continue;
         }
-        let prev = sys::map_lookup(rt.nat_fe.as_fd(), &s.key)?;
-        sys::map_update(rt.nat_fe.as_fd(), &s.key, &s.value, UpdateFlags::Any)
+        set_saved(rt.nat_fe.as_fd(), &s.key, Some(&s.value), done)
             .map_err(|e| failed(format!("{}: {e}", s.label)))?;
-        done.push((s.key.clone(), prev));
     }
     for o in old_services.iter().filter(|o| !services.iter().any(|s| s.key == o.key)) {
-        let prev = sys::map_lookup(rt.nat_fe.as_fd(), &o.key)?;
-        sys::map_delete(rt.nat_fe.as_fd(), &o.key)?;
-        done.push((o.key.clone(), prev));
+        set_saved(rt.nat_fe.as_fd(), &o.key, None, done)?;
     }
     Ok(())
+}
+
+/// What map entries held before a switch changed them (`None`: absent), in change order.
+type Saved = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// Sets (or, for `None`, deletes) `map[key]`, recording in `saved` what it held before.
+fn set_saved(
+    map: BorrowedFd<'_>,
+    key: &[u8],
+    value: Option<&[u8]>,
+    saved: &mut Saved,
+) -> std::result::Result<(), BpfError> {
+    let before = sys::map_lookup(map, key)?;
+    match value {
+        Some(v) => sys::map_update(map, key, v, UpdateFlags::Any)?,
+        None => drop(sys::map_delete(map, key)?),
+    }
+    saved.push((key.to_vec(), before));
+    Ok(())
+}
+
+/// Puts back what `saved` recorded, newest first (best effort: on the way out of a failure).
+fn restore(map: BorrowedFd<'_>, saved: &Saved) {
+    for (key, before) in saved.iter().rev() {
+        let _ = match before {
+            Some(v) => sys::map_update(map, key, v, UpdateFlags::Any),
+            None => sys::map_delete(map, key).map(drop),
+        };
+    }
 }
 
 /// The report line of every endpoint in `meta`.
