@@ -1264,6 +1264,38 @@ fn backend_via(from: &Pod, addr: SocketAddr) -> Option<(String, TcpStream)> {
     None
 }
 
+/// The policies of both service tests: the web pods accept TCP 8080 and UDP 5353 from the
+/// client only; the client may only send to the web pods' 8080/5353, so its egress policy
+/// must see the backend, not the service.
+const WEB_POLICIES: &str = r#"---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: web-ingress, namespace: e2e}
+spec:
+  selector: app in {'web1', 'web2'}
+  types: [Ingress]
+  ingress:
+  - action: Allow
+    protocol: TCP
+    source: {selector: app == 'client'}
+    destination: {ports: [8080]}
+  - action: Allow
+    protocol: UDP
+    source: {selector: app == 'client'}
+    destination: {ports: [5353]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client-egress, namespace: e2e}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+  egress:
+  - to:
+    - podSelector: {matchExpressions: [{key: app, operator: In, values: [web1, web2]}]}
+    ports: [{port: 8080}, {port: 5353, protocol: UDP}]
+"#;
+
 /// `web` (10.96.0.10:80 -> 8080 on web1 and web2, from an EndpointSlice), `dns`
 /// (10.96.0.53:53/UDP -> web1:5353) and `sticky` (10.96.0.20:80, ClientIP affinity); the
 /// web pods accept TCP 8080 and UDP 5353 from the client only; the client may only send to
@@ -1276,34 +1308,7 @@ fn service_cluster(topo: &Topology, web_backends: &[&str]) -> String {
     let web1 = topo.pod("web1").addr;
     let web2 = topo.pod("web2").addr;
     format!(
-        r#"{pods}---
-apiVersion: projectcalico.org/v3
-kind: NetworkPolicy
-metadata: {{name: web-ingress, namespace: e2e}}
-spec:
-  selector: app in {{'web1', 'web2'}}
-  types: [Ingress]
-  ingress:
-  - action: Allow
-    protocol: TCP
-    source: {{selector: app == 'client'}}
-    destination: {{ports: [8080]}}
-  - action: Allow
-    protocol: UDP
-    source: {{selector: app == 'client'}}
-    destination: {{ports: [5353]}}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {{name: client-egress, namespace: e2e}}
-spec:
-  podSelector: {{matchLabels: {{app: client}}}}
-  policyTypes: [Egress]
-  egress:
-  - to:
-    - podSelector: {{matchExpressions: [{{key: app, operator: In, values: [web1, web2]}}]}}
-    ports: [{{port: 8080}}, {{port: 5353, protocol: UDP}}]
----
+        r#"{pods}{WEB_POLICIES}---
 apiVersion: v1
 kind: Service
 metadata: {{name: web, namespace: e2e}}
@@ -1481,34 +1486,7 @@ fn dual_stack_service_cluster(topo: &Topology) -> String {
     let (web1, web2) = (topo.pod("web1"), topo.pod("web2"));
     let a6 = |p: &Pod| p.addr6.expect("dual-stack pod");
     format!(
-        r#"{pods}---
-apiVersion: projectcalico.org/v3
-kind: NetworkPolicy
-metadata: {{name: web-ingress, namespace: e2e}}
-spec:
-  selector: app in {{'web1', 'web2'}}
-  types: [Ingress]
-  ingress:
-  - action: Allow
-    protocol: TCP
-    source: {{selector: app == 'client'}}
-    destination: {{ports: [8080]}}
-  - action: Allow
-    protocol: UDP
-    source: {{selector: app == 'client'}}
-    destination: {{ports: [5353]}}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {{name: client-egress, namespace: e2e}}
-spec:
-  podSelector: {{matchLabels: {{app: client}}}}
-  policyTypes: [Egress]
-  egress:
-  - to:
-    - podSelector: {{matchExpressions: [{{key: app, operator: In, values: [web1, web2]}}]}}
-    ports: [{{port: 8080}}, {{port: 5353, protocol: UDP}}]
----
+        r#"{pods}{WEB_POLICIES}---
 apiVersion: v1
 kind: Service
 metadata: {{name: web, namespace: e2e}}

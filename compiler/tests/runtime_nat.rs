@@ -213,19 +213,10 @@ impl Fixture {
         self.progs.push(prog);
     }
 
+    /// The IPv4 service on `VIP`.
     fn service(&self, proto: u8, backends: &[[u8; 4]], flags: u32) {
-        let fe = NatFrontendKey { addr: v4(VIP), port: SVC_PORT, protocol: proto, family: 4 };
-        let svc = NatService {
-            service_id: SERVICE_ID,
-            backend_count: 0,
-            flags,
-            affinity_timeout_s: 10800,
-        };
-        let bes: Vec<NatBackend> = backends
-            .iter()
-            .map(|a| NatBackend { addr: v4(*a), port: TARGET_PORT, _pad: 0 })
-            .collect();
-        self.rt.set_service(&fe, &svc, &bes).expect("set service");
+        let backends: Vec<IpAddr> = backends.iter().map(|a| IpAddr::from(*a)).collect();
+        self.service_at(IpAddr::from(VIP), proto, &backends, flags);
     }
 
     /// A service on `vip` (either family) with `backends` of the same family.
