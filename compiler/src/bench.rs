@@ -229,3 +229,50 @@ fn svg(rows: &[Row], repeat: u32) -> String {
     out.push_str("</svg>\n");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(rules: usize, opt: u8, worst_insns: u64, ns: u32) -> Row {
+        Row {
+            rules,
+            opt,
+            used: opt,
+            insns: 0,
+            worst_insns,
+            worst_lookups: 0,
+            helper_lookups: 0,
+            ns: vec![ns / 2, ns],
+        }
+    }
+
+    #[test]
+    fn the_chart_has_one_line_per_level_in_each_panel_and_every_rule_count() {
+        let mut rows = Vec::new();
+        for (rules, scale) in [(10, 1), (1000, 100)] {
+            rows.push(row(rules, 0, 200 * scale, 60 * scale as u32));
+            rows.push(row(rules, 1, 160 * scale, 50 * scale as u32));
+            rows.push(row(rules, 2, 104, 70));
+        }
+        let svg = svg(&rows, 1000);
+        assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
+        for colour in ["#c0392b", "#2874a6", "#1e8449"] {
+            let lines = svg.matches(&format!("stroke=\"{colour}\" stroke-width")).count();
+            assert_eq!(lines, 2, "{colour}: one line per panel");
+        }
+        assert_eq!(svg.matches(">1000</text>").count(), 2, "rule counts label both x axes");
+        assert!(svg.contains("BPF_PROG_TEST_RUN x 1000"));
+        // -O2 is flat at 104 instructions: its line is horizontal in the second panel.
+        let green = svg.lines().filter(|l| l.contains("#1e8449")).nth(1).unwrap_or_default();
+        let ys: Vec<&str> = green
+            .split("points=\"")
+            .nth(1)
+            .unwrap_or_default()
+            .split(['"', ' '])
+            .filter_map(|p| p.split(',').nth(1))
+            .collect();
+        assert_eq!(ys.len(), 2);
+        assert_eq!(ys[0], ys[1], "{green}");
+    }
+}
