@@ -1,7 +1,8 @@
 //! The tc runtime in the kernel (BPF_PROG_TEST_RUN with crafted packets): parsing of every
 //! supported header path, dispatch per hook through the endpoint map, fail-closed tail
 //! calls, the epilogue's conntrack entries, the one-lookup fast path, reply direction, the
-//! TCP lifecycle, timeouts, related ICMP errors and drop counters. Assertions read the maps.
+//! TCP lifecycle, timeouts, related ICMP errors, the per-CPU flow cache (what fills it, what
+//! it answers, what clears it) and drop counters. Assertions read the maps.
 //!
 //! Kernel tests: they print `SKIP: ...` without bpf(2) rights and fail instead with
 //! `POLC_REQUIRE_KERNEL=1`. The benchmark is `#[ignore]`d; run it with
@@ -15,8 +16,10 @@ use polc::compile::{compile_ir_with, Compiled, Options};
 use polc::engine::patch_map_handles;
 use polc::synth;
 use polc_abi::{
-    ct_approved, ct_state, ct_timeout, direction, drop_reason, family, stage, verdict, CtEntry,
-    CtKey, Endpoint, FlowState, RULE_ID_NONE, SLOT_EPILOGUE, SLOT_NONE, TC_ACT_OK, TC_ACT_SHOT,
+    ct_approved, ct_nat, ct_state, ct_timeout, direction, drop_reason, family, flow_cache_index,
+    flow_cache_tag, stage, verdict, CtEntry, CtKey, Endpoint, FlowCacheSlot, FlowState, NatBackend,
+    NatFrontendKey, NatService, FLOW_CACHE_DEFAULT_NS, RULE_ID_NONE, SLOT_EPILOGUE, SLOT_NONE,
+    TC_ACT_OK, TC_ACT_SHOT,
 };
 use polc_loader::sys::{self, Fd, MapKind, MapSpec, TestRun};
 use polc_loader::{require_kernel, Hook, Runtime, RuntimeConfig};
@@ -324,6 +327,11 @@ impl Fixture {
 
     fn ct(&self, key: &CtKey) -> Option<CtEntry> {
         self.rt.ct_lookup(key).expect("ct lookup")
+    }
+
+    /// Every filled flow cache slot: (CPU, index, slot).
+    fn cache(&self) -> Vec<(usize, u32, FlowCacheSlot)> {
+        self.rt.flow_cache_slots().expect("flow cache slots")
     }
 }
 
@@ -1011,7 +1019,11 @@ fn expired_entries_are_misses() {
     require_kernel!();
     let mut timeouts = polc_abi::CT_DEFAULT_TIMEOUTS_NS;
     timeouts[ct_timeout::UDP] = 20_000_000; // 20 ms
-    let mut f = Fixture::new(&RuntimeConfig { ct_max_entries: 1024, ct_timeouts_ns: timeouts });
+    let mut f = Fixture::new(&RuntimeConfig {
+        ct_max_entries: 1024,
+        ct_timeouts_ns: timeouts,
+        ..RuntimeConfig::default()
+    });
     f.policy(EGRESS_SLOT, verdict::ALLOW, 1);
     let dns = ipv4(A4, B4, UDP, &udp(5000, 53, b"q"));
     let tcp_syn = ipv4(A4, B4, TCP, &tcp(5000, 53, SYN));
@@ -1081,12 +1093,265 @@ fn icmp_echo_is_tracked_by_identifier() {
     );
 }
 
+// ---------------------------------------------------------------- flow cache
+
+/// The conntrack key's slot for a packet's view (hook, direction).
+fn slot_of(key: &CtKey, to_ep: bool, src_is_lo: bool) -> (u32, u32) {
+    let tag = flow_cache_tag::of(to_ep, src_is_lo);
+    (flow_cache_index(&key.words(), tag), tag)
+}
+
+/// The cache fills only from an ESTABLISHED TCP entry on the conntrack path, with the
+/// packet's key, interface and view and an expiry REFRESH after conntrack's stamp. Later
+/// packets are answered from it without conntrack (shown by deleting the entry), except
+/// SYN, FIN and RST, which go to conntrack (and here, the entry gone, to policy) and take
+/// the slot with them.
+#[test]
+fn an_established_tcp_flow_fills_the_cache_and_later_packets_hit_it() {
+    require_kernel!();
+    let mut f = Fixture::new(&small_config());
+    f.policy(EGRESS_SLOT, verdict::ALLOW, EGRESS_RULE);
+    let key = key4(TCP, A4, 40000, B4, 443);
+    let syn = ipv4(A4, B4, TCP, &tcp(40000, 443, SYN));
+    let synack = ipv4(B4, A4, TCP, &tcp(443, 40000, SYN | ACK));
+    let ack = ipv4(A4, B4, TCP, &tcp(40000, 443, ACK));
+    assert_eq!(f.run(Hook::FromEndpoint, &syn), TC_ACT_OK);
+    assert_eq!(f.run(Hook::FromEndpoint, &syn), TC_ACT_OK, "a retransmitted SYN");
+    assert_eq!(f.run(Hook::ToEndpoint, &synack), TC_ACT_OK);
+    assert_eq!(f.ct(&key).unwrap().state, ct_state::SYN_RECV);
+    assert_eq!(f.cache(), vec![], "nothing cached before ESTABLISHED");
+    // The handshake's last ACK: conntrack moves the entry to ESTABLISHED and fills the slot.
+    assert_eq!(f.run(Hook::FromEndpoint, &ack), TC_ACT_OK);
+    let e = f.ct(&key).unwrap();
+    assert_eq!(e.state, ct_state::ESTABLISHED);
+    let (index, tag) = slot_of(&key, false, true);
+    let slot = FlowCacheSlot {
+        key,
+        ifindex: IFINDEX,
+        tag,
+        expires_ns: e.last_seen_ns + FLOW_CACHE_DEFAULT_NS,
+    };
+    assert_eq!(f.cache(), vec![(0, index, slot)], "CPU 0 (the test's), the view's slot");
+
+    // From here conntrack has no entry and no policy program exists: a packet the cache
+    // does not answer is dropped (no_policy).
+    assert!(f.rt.clear_slot(EGRESS_SLOT).unwrap());
+    assert!(f.rt.ct_delete(&key).unwrap());
+    for _ in 0..3 {
+        assert_eq!(f.run(Hook::FromEndpoint, &ack), TC_ACT_OK, "a cache hit");
+    }
+    assert_eq!(f.ct(&key), None, "hits do not touch conntrack");
+    assert_eq!(f.drops().iter().sum::<u64>(), 0);
+    let mut dropped = 0;
+    for flags in [FIN | ACK, RST, SYN, SYN | ACK] {
+        // Refill: the entry back, one ACK through conntrack.
+        f.rt.ct_update(&key, &e).unwrap();
+        assert_eq!(f.run(Hook::FromEndpoint, &ack), TC_ACT_OK);
+        assert_eq!(f.cache().len(), 1, "filled again");
+        f.rt.ct_delete(&key).unwrap();
+        let p = ipv4(A4, B4, TCP, &tcp(40000, 443, flags));
+        assert_eq!(f.run(Hook::FromEndpoint, &p), TC_ACT_SHOT, "flags {flags:#x}: to conntrack");
+        assert_eq!(f.cache(), vec![], "flags {flags:#x}: the miss cleared the slot");
+        assert_eq!(f.run(Hook::FromEndpoint, &ack), TC_ACT_SHOT, "the next ACK misses too");
+        dropped += 2;
+        assert_eq!(f.drops()[drop_reason::NO_POLICY as usize], dropped);
+    }
+    assert_eq!(f.policy_runs(), 1);
+}
+
+/// A FIN takes the conntrack path: the entry moves to FIN_WAIT and this CPU's slots of
+/// every view of the flow (both directions here) are cleared and not refilled.
+#[test]
+fn a_fin_through_conntrack_clears_the_slot_and_moves_the_entry_to_fin_wait() {
+    require_kernel!();
+    let mut f = Fixture::new(&small_config());
+    f.policy(EGRESS_SLOT, verdict::ALLOW, EGRESS_RULE);
+    let key = key4(TCP, A4, 40000, B4, 443);
+    let ack = ipv4(A4, B4, TCP, &tcp(40000, 443, ACK));
+    let reply = ipv4(B4, A4, TCP, &tcp(443, 40000, ACK));
+    // Picked up mid-stream: policy allows the ACK, the epilogue starts ESTABLISHED.
+    assert_eq!(f.run(Hook::FromEndpoint, &ack), TC_ACT_OK);
+    assert_eq!(f.ct(&key).unwrap().state, ct_state::ESTABLISHED);
+    assert_eq!(f.cache(), vec![], "the epilogue does not fill");
+    assert_eq!(f.run(Hook::FromEndpoint, &ack), TC_ACT_OK);
+    assert_eq!(f.run(Hook::ToEndpoint, &reply), TC_ACT_OK);
+    let mut filled: Vec<u32> = f.cache().iter().map(|&(_, i, _)| i).collect();
+    filled.sort_unstable();
+    let mut want = vec![slot_of(&key, false, true).0, slot_of(&key, true, false).0];
+    want.sort_unstable();
+    assert_eq!(filled, want, "both views cached, in their own slots");
+
+    let fin = ipv4(A4, B4, TCP, &tcp(40000, 443, FIN | ACK));
+    assert_eq!(f.run(Hook::FromEndpoint, &fin), TC_ACT_OK);
+    assert_eq!(f.ct(&key).unwrap().state, ct_state::FIN_WAIT);
+    assert_eq!(f.cache(), vec![], "the FIN cleared both views");
+    // Later packets go through conntrack (FIN_WAIT is never cached).
+    let seen = f.ct(&key).unwrap().last_seen_ns;
+    std::thread::sleep(std::time::Duration::from_millis(25));
+    assert_eq!(f.run(Hook::ToEndpoint, &reply), TC_ACT_OK);
+    assert!(f.ct(&key).unwrap().last_seen_ns > seen, "conntrack saw the reply");
+    assert_eq!(f.run(Hook::FromEndpoint, &ack), TC_ACT_OK);
+    assert_eq!(f.cache(), vec![]);
+    assert_eq!(f.policy_runs(), 1);
+    // A RST at the other hook clears the views the same way.
+    f.rt.ct_update(&key, &CtEntry { state: ct_state::ESTABLISHED, ..f.ct(&key).unwrap() }).unwrap();
+    assert_eq!(f.run(Hook::FromEndpoint, &ack), TC_ACT_OK);
+    assert_eq!(f.cache().len(), 1);
+    let rst = ipv4(B4, A4, TCP, &tcp(443, 40000, RST));
+    assert_eq!(f.run(Hook::ToEndpoint, &rst), TC_ACT_OK);
+    assert_eq!(f.ct(&key).unwrap().state, ct_state::CLOSED);
+    assert_eq!(f.cache(), vec![], "the RST at to_ep cleared the from_ep view");
+}
+
+/// NAT'd flows, entries whose timeout is 0 and a runtime loaded with REFRESH = 0 never
+/// fill the cache; UDP fills (any state) with the shorter of REFRESH and its timeout.
+#[test]
+fn flows_that_must_reach_conntrack_never_fill_the_cache() {
+    require_kernel!();
+    const VIP: [u8; 4] = [10, 96, 0, 10];
+    let dns = ipv4(A4, B4, UDP, &udp(5000, 53, b"q"));
+    let dns_key = key4(UDP, A4, 5000, B4, 53);
+
+    // UDP: the second packet (the first conntrack hit) fills; expiry capped by the timeout.
+    let mut timeouts = polc_abi::CT_DEFAULT_TIMEOUTS_NS;
+    timeouts[ct_timeout::UDP] = 300_000_000;
+    let mut f = Fixture::new(&RuntimeConfig { ct_timeouts_ns: timeouts, ..small_config() });
+    f.policy(EGRESS_SLOT, verdict::ALLOW, 1);
+    assert_eq!(f.run(Hook::FromEndpoint, &dns), TC_ACT_OK);
+    assert_eq!(f.cache(), vec![]);
+    assert_eq!(f.run(Hook::FromEndpoint, &dns), TC_ACT_OK);
+    let seen = f.ct(&dns_key).unwrap().last_seen_ns;
+    let slots = f.cache();
+    assert_eq!(slots.len(), 1);
+    assert_eq!(slots[0].2.expires_ns, seen + 300_000_000, "the UDP timeout, not REFRESH");
+
+    // A service: the client's packets to the VIP and the backend's replies are rewritten on
+    // the fast path and never cached.
+    let fe = NatFrontendKey { addr: v4(VIP), port: 80, protocol: TCP, family: family::IPV4 };
+    let svc = NatService { service_id: 7, backend_count: 0, flags: 0, affinity_timeout_s: 0 };
+    let backend = NatBackend { addr: v4(B4), port: 8080, _pad: 0 };
+    f.rt.set_service(&fe, &svc, &[backend]).expect("service");
+    assert_eq!(f.run(Hook::FromEndpoint, &ipv4(A4, VIP, TCP, &tcp(41000, 80, SYN))), TC_ACT_OK);
+    let to_vip = ipv4(A4, VIP, TCP, &tcp(41000, 80, ACK));
+    let from_backend = ipv4(B4, A4, TCP, &tcp(8080, 41000, ACK));
+    for _ in 0..3 {
+        assert_eq!(f.run(Hook::FromEndpoint, &to_vip), TC_ACT_OK);
+        assert_eq!(f.run(Hook::ToEndpoint, &from_backend), TC_ACT_OK);
+    }
+    let pre = f.ct(&key4(TCP, A4, 41000, VIP, 80)).expect("pre-NAT entry");
+    assert_eq!((pre.state, pre.nat_flags), (ct_state::ESTABLISHED, ct_nat::DNAT));
+    assert_eq!(f.cache().len(), 1, "only the UDP flow's slot: {:?}", f.cache());
+    assert_eq!(f.policy_runs(), 2);
+
+    // A timeout of 0: every packet is a conntrack miss, nothing fills.
+    let mut timeouts = polc_abi::CT_DEFAULT_TIMEOUTS_NS;
+    timeouts[ct_timeout::UDP] = 0;
+    let mut g = Fixture::new(&RuntimeConfig { ct_timeouts_ns: timeouts, ..small_config() });
+    g.policy(EGRESS_SLOT, verdict::ALLOW, 1);
+    for _ in 0..3 {
+        assert_eq!(g.run(Hook::FromEndpoint, &dns), TC_ACT_OK);
+    }
+    assert_eq!(g.policy_runs(), 3);
+    assert_eq!(g.cache(), vec![]);
+
+    // REFRESH = 0: conntrack answers every packet.
+    let mut h = Fixture::new(&RuntimeConfig { flow_cache_ns: 0, ..small_config() });
+    h.policy(EGRESS_SLOT, verdict::ALLOW, 1);
+    let ack = ipv4(A4, B4, TCP, &tcp(40000, 443, ACK));
+    for p in [&dns, &dns, &dns, &ack, &ack, &ack] {
+        assert_eq!(h.run(Hook::FromEndpoint, p), TC_ACT_OK);
+    }
+    assert_eq!(h.policy_runs(), 2);
+    assert_eq!(h.cache(), vec![]);
+    h.rt.clear_slot(EGRESS_SLOT).unwrap();
+    h.rt.ct_delete(&key4(TCP, A4, 40000, B4, 443)).unwrap();
+    assert_eq!(h.run(Hook::FromEndpoint, &ack), TC_ACT_SHOT, "no cache to answer");
+}
+
+/// A slot answers only its own view: the same key at the other hook, in the other
+/// direction or on another interface (a pod replaying the 5-tuple) misses and meets
+/// conntrack and the anti-spoofing check. The replay on the owner's slot clears it: the
+/// owner's next packet costs a conntrack lookup, never a wrong verdict.
+#[test]
+fn a_slot_answers_only_its_interface_hook_and_direction() {
+    require_kernel!();
+    with_second_interface(|other_ifindex| {
+        let mut f = Fixture::new(&small_config());
+        f.policy(EGRESS_SLOT, verdict::ALLOW, EGRESS_RULE);
+        f.rt.set_endpoint(other_ifindex, &endpoint_with(C4, B6)).expect("endpoint C");
+        let key = key4(TCP, A4, 40000, B4, 443);
+        let ack = ipv4(A4, B4, TCP, &tcp(40000, 443, ACK));
+        assert_eq!(f.run(Hook::FromEndpoint, &ack), TC_ACT_OK, "policy");
+        assert_eq!(f.run(Hook::FromEndpoint, &ack), TC_ACT_OK, "conntrack, fill");
+        assert_eq!(f.cache().len(), 1);
+        f.rt.clear_slot(EGRESS_SLOT).unwrap();
+        f.rt.ct_delete(&key).unwrap();
+        // The other hook and the other direction: other views, misses, then no entry: the
+        // pod-side address is B4, not the pod's (A4).
+        assert_eq!(f.run(Hook::ToEndpoint, &ack), TC_ACT_SHOT, "the same packet at to_ep");
+        let rev = ipv4(B4, A4, TCP, &tcp(443, 40000, ACK));
+        assert_eq!(f.run(Hook::FromEndpoint, &rev), TC_ACT_SHOT, "the reverse at from_ep");
+        assert_eq!(f.drops()[drop_reason::SPOOFED as usize], 2);
+        assert_eq!(f.run(Hook::FromEndpoint, &ack), TC_ACT_OK, "the owner's view still hits");
+        // C replays A's packet: the same view on another interface.
+        let other = skb_ctx(other_ifindex);
+        assert_eq!(f.run_at(&other, Hook::FromEndpoint, &ack), TC_ACT_SHOT, "C sends as A");
+        assert_eq!(f.drops()[drop_reason::SPOOFED as usize], 3);
+        assert_eq!(f.cache(), vec![], "the replay cleared the slot");
+        assert_eq!(f.run(Hook::FromEndpoint, &ack), TC_ACT_SHOT, "A's next ACK misses");
+        assert_eq!(f.drops()[drop_reason::NO_POLICY as usize], 1);
+    });
+}
+
+/// A pod-to-pod flow on one node has four views (each hook, each direction): each fills its
+/// own slot, so the hooks do not evict each other and all four hit.
+#[test]
+fn the_four_views_of_a_local_flow_hit_in_their_own_slots() {
+    require_kernel!();
+    let mut f = Fixture::new(&small_config());
+    f.policy(EGRESS_SLOT, verdict::ALLOW, EGRESS_RULE);
+    f.policy(INGRESS_SLOT, verdict::ALLOW, INGRESS_RULE);
+    let key = key4(TCP, A4, 40000, B4, 80);
+    let fwd = ipv4(A4, B4, TCP, &tcp(40000, 80, ACK));
+    let rev = ipv4(B4, A4, TCP, &tcp(80, 40000, ACK));
+    // A's egress and B's ingress allow (the one test interface plays both pods).
+    assert_eq!(f.run(Hook::FromEndpoint, &fwd), TC_ACT_OK);
+    f.be_pod(B4);
+    assert_eq!(f.run(Hook::ToEndpoint, &fwd), TC_ACT_OK);
+    assert_eq!(f.ct(&key).unwrap().approved, ct_approved::ORIG | ct_approved::RESP);
+    let views = [(Hook::FromEndpoint, &fwd), (Hook::ToEndpoint, &fwd)];
+    let views = [views[0], views[1], (Hook::FromEndpoint, &rev), (Hook::ToEndpoint, &rev)];
+    for (hook, p) in views {
+        assert_eq!(f.run(hook, p), TC_ACT_OK);
+    }
+    let mut slots: Vec<u32> = f.cache().iter().map(|&(_, i, _)| i).collect();
+    slots.sort_unstable();
+    let mut want: Vec<u32> = [(false, true), (true, true), (false, false), (true, false)]
+        .iter()
+        .map(|&(to_ep, lo)| slot_of(&key, to_ep, lo).0)
+        .collect();
+    want.sort_unstable();
+    assert_eq!(slots, want);
+    f.rt.clear_slot(EGRESS_SLOT).unwrap();
+    f.rt.clear_slot(INGRESS_SLOT).unwrap();
+    f.rt.ct_delete(&key).unwrap();
+    for _ in 0..2 {
+        for (hook, p) in views {
+            assert_eq!(f.run(hook, p), TC_ACT_OK);
+        }
+    }
+    assert_eq!(f.cache().len(), 4);
+    assert_eq!(f.drops().iter().sum::<u64>(), 0);
+}
+
 // ---------------------------------------------------------------- benchmark
 
 /// Kernel-measured ns/run (median of 5 runs of `repeat`) of an empty tc program, the
-/// established fast path, the first packet (miss + 10-rule policy + epilogue with a
-/// conntrack insert, forced by a zero SYN timeout), and the floor of a one-lookup fast path
-/// (a program doing one hash-map hit and nothing else). Prints; asserts only return codes.
+/// established fast path answered by the flow cache, the same with the cache off
+/// (REFRESH = 0: the conntrack lookup), the first packet (miss + 10-rule policy + epilogue
+/// with a conntrack insert, forced by a zero SYN timeout), and the floors: a program doing
+/// one hash-map hit and nothing else, and one doing one per-CPU array lookup. Prints;
+/// asserts only return codes and which path was measured.
 #[test]
 #[ignore = "benchmark: cargo test -p polc --release --test runtime_fastpath -- --ignored --nocapture"]
 fn bench_fast_path_vs_empty_program() {
@@ -1109,47 +1374,79 @@ fn bench_fast_path_vs_empty_program() {
     };
     let ack = ipv4(A4, B4, TCP, &tcp(40000, 443, ACK));
     let syn = ipv4(A4, B4, TCP, &tcp(40000, 443, SYN));
+    let key = key4(TCP, A4, 40000, B4, 443);
+    let established = |config: &RuntimeConfig| {
+        let mut f = Fixture::new(config);
+        let code = policy_program(&f.rt, f.counter.raw(), verdict::ALLOW, 1, 10);
+        let prog = sys::prog_load("polc_t_10rules", &code).expect("policy");
+        f.rt.set_slot(EGRESS_SLOT, prog.as_fd()).unwrap();
+        f._progs.push(prog);
+        // Policy (the epilogue starts the entry ESTABLISHED), then conntrack (fills).
+        assert_eq!(f.run(Hook::FromEndpoint, &ack), TC_ACT_OK);
+        assert_eq!(f.run(Hook::FromEndpoint, &ack), TC_ACT_OK);
+        f
+    };
+    let ctx = skb_ctx(IFINDEX);
 
-    let mut f = Fixture::new(&small_config());
-    let code = policy_program(&f.rt, f.counter.raw(), verdict::ALLOW, 1, 10);
-    let prog = sys::prog_load("polc_t_10rules", &code).expect("policy");
-    f.rt.set_slot(EGRESS_SLOT, prog.as_fd()).unwrap();
-    assert_eq!(f.run(Hook::FromEndpoint, &ack), TC_ACT_OK);
-    let ctx = f.ctx.clone();
+    let cached = established(&small_config());
+    assert_eq!(cached.cache().len(), 1, "the flow is cached");
     let empty_ns = median(empty.as_fd(), &ack, &ctx, 0);
-    let fast_ns = median(f.rt.hook_fd(Hook::FromEndpoint).unwrap(), &ack, &ctx, TC_ACT_OK);
-    assert_eq!(f.policy_runs(), 1, "the benchmark measured the fast path");
+    let hit_ns = median(cached.rt.hook_fd(Hook::FromEndpoint).unwrap(), &ack, &ctx, TC_ACT_OK);
+    assert_eq!(cached.policy_runs(), 1, "the benchmark measured the fast path");
+
+    let uncached = established(&RuntimeConfig { flow_cache_ns: 0, ..small_config() });
+    let ct_ns = median(uncached.rt.hook_fd(Hook::FromEndpoint).unwrap(), &ack, &ctx, TC_ACT_OK);
+    assert_eq!(uncached.policy_runs(), 1);
+    assert_eq!(uncached.cache(), vec![], "REFRESH = 0 caches nothing");
+    assert!(uncached.ct(&key).is_some());
+    // What the cache costs a packet it does not answer: a flow it never holds (a TCP ACK
+    // on a SYN_SENT entry stays SYN_SENT), conntrack lookup after the slot probe, against
+    // the same packet with the cache off.
+    let unanswered = |config: &RuntimeConfig| {
+        let mut f = Fixture::new(config);
+        f.policy(EGRESS_SLOT, verdict::ALLOW, 1);
+        assert_eq!(f.run(Hook::FromEndpoint, &syn), TC_ACT_OK);
+        let ns = median(f.rt.hook_fd(Hook::FromEndpoint).unwrap(), &ack, &ctx, TC_ACT_OK);
+        assert_eq!(f.ct(&key).expect("entry").state, ct_state::SYN_SENT);
+        assert_eq!((f.policy_runs(), f.cache()), (1, vec![]), "conntrack answered");
+        ns
+    };
+    let miss_on = unanswered(&small_config());
+    let miss_off = unanswered(&RuntimeConfig { flow_cache_ns: 0, ..small_config() });
 
     let mut timeouts = polc_abi::CT_DEFAULT_TIMEOUTS_NS;
     timeouts[ct_timeout::TCP_SYN] = 0;
-    let mut g = Fixture::new(&RuntimeConfig { ct_max_entries: 4096, ct_timeouts_ns: timeouts });
+    let mut g = Fixture::new(&RuntimeConfig { ct_timeouts_ns: timeouts, ..small_config() });
     let code = policy_program(&g.rt, g.counter.raw(), verdict::ALLOW, 1, 10);
-    let prog2 = sys::prog_load("polc_t_10rules", &code).expect("policy");
-    g.rt.set_slot(EGRESS_SLOT, prog2.as_fd()).unwrap();
+    let prog = sys::prog_load("polc_t_10rules", &code).expect("policy");
+    g.rt.set_slot(EGRESS_SLOT, prog.as_fd()).unwrap();
+    g._progs.push(prog);
     let first_ns = median(g.rt.hook_fd(Hook::FromEndpoint).unwrap(), &syn, &ctx, TC_ACT_OK);
     assert!(g.policy_runs() >= u64::from(REPEAT), "every run went through policy");
-    g._progs.push(prog2);
-    f._progs.push(prog);
-    // The floor of any one-lookup fast path: a program that does nothing but one hash-map
-    // lookup (a hit) with the conntrack key's size, and with a compact IPv4 key's.
-    let lookup_ns = |key_size: u32| {
+    // The floors: a program that does nothing but one lookup (a hit) of the given kind and
+    // key size, its value size the conntrack entry's.
+    let lookup_ns = |kind: MapKind, key_size: u32| {
         let map = sys::map_create(&MapSpec {
-            kind: MapKind::Hash,
+            kind,
             name: "polc_t_floor",
             key_size,
             value_size: 48,
             max_entries: 4096,
         })
-        .expect("hash map");
+        .expect("map");
         let key = vec![0u8; key_size as usize];
-        sys::map_update(map.as_fd(), &key, &[0u8; 48], sys::UpdateFlags::Any).expect("entry");
+        if kind == MapKind::Hash {
+            sys::map_update(map.as_fd(), &key, &[0u8; 48], sys::UpdateFlags::Any).expect("entry");
+        }
+        // The key: zeroed stack words, the lowest at fp - (key size rounded up to 8).
+        let words = key_size.div_ceil(8) as i16;
         let mut a = Asm::new();
-        for off in (0..key_size).step_by(8) {
-            a.push(Insn::st(Size::DW, Reg::FP, -(key_size as i16) + off as i16, 0));
+        for w in 0..words {
+            a.push(Insn::st(Size::DW, Reg::FP, -8 * (words - w), 0));
         }
         a.push(Insn::ld_map_fd(Reg::R1, map.raw() as u32));
         a.push(Insn::mov64(Reg::R2, Reg::FP));
-        a.push(Insn::alu64(AluOp::Add, Reg::R2, -(key_size as i32)));
+        a.push(Insn::alu64(AluOp::Add, Reg::R2, -8 * i32::from(words)));
         a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
         a.push(Insn::mov64(Reg::R0, 0));
         a.push(Insn::exit());
@@ -1157,15 +1454,21 @@ fn bench_fast_path_vs_empty_program() {
         let prog = sys::prog_load("polc_t_floor", &code).expect("floor program");
         median(prog.as_fd(), &ack, &ctx, 0)
     };
-    let (floor40, floor16) = (lookup_ns(40), lookup_ns(16));
+    let (floor40, floor16) = (lookup_ns(MapKind::Hash, 40), lookup_ns(MapKind::Hash, 16));
+    let percpu = lookup_ns(MapKind::PerCpuArray, 4);
+    let x = |ns: u32| f64::from(ns) / f64::from(empty_ns.max(1));
     eprintln!(
-        "BPF_PROG_TEST_RUN, {REPEAT} runs x5, median ns/run: empty tc program {empty_ns}, \
-         established fast path {fast_ns} ({:.2}x), first packet with a 10-rule policy \
-         {first_ns}; floor: one hash lookup alone, 40-byte key {floor40} ({:.2}x), 16-byte \
-         key {floor16} ({:.2}x)",
-        f64::from(fast_ns) / f64::from(empty_ns.max(1)),
-        f64::from(floor40) / f64::from(empty_ns.max(1)),
-        f64::from(floor16) / f64::from(empty_ns.max(1)),
+        "BPF_PROG_TEST_RUN, {REPEAT} runs x5, median ns/run: empty tc program {empty_ns}; \
+         established fast path: flow cache hit {hit_ns} ({:.2}x), cache off (conntrack \
+         lookup) {ct_ns} ({:.2}x); a flow the cache never holds (SYN_SENT): cache on {miss_on}, \
+         off {miss_off}; first packet with a 10-rule policy {first_ns}; floors: \
+         one hash lookup alone, 40-byte key {floor40} ({:.2}x), 16-byte key {floor16} \
+         ({:.2}x); one per-CPU array lookup alone {percpu} ({:.2}x)",
+        x(hit_ns),
+        x(ct_ns),
+        x(floor40),
+        x(floor16),
+        x(percpu),
     );
 }
 
@@ -1299,6 +1602,7 @@ fn bench_first_packet_with_compiled_policies() {
             let mut f = Fixture::new(&RuntimeConfig {
                 ct_max_entries: 4096,
                 ct_timeouts_ns: [0; ct_timeout::COUNT],
+                ..RuntimeConfig::default()
             });
             let policy = load_policy(&f.rt, &compiled, index);
             f.rt.set_slot(INGRESS_SLOT, policy.entry.as_fd()).expect("slot");

@@ -571,7 +571,8 @@ fn bench_nat_first_packet_and_fast_path() {
     };
     let mut timeouts = polc_abi::CT_DEFAULT_TIMEOUTS_NS;
     timeouts[ct_timeout::TCP_SYN] = 0;
-    let miss = RuntimeConfig { ct_max_entries: 4096, ct_timeouts_ns: timeouts };
+    let miss =
+        RuntimeConfig { ct_max_entries: 4096, ct_timeouts_ns: timeouts, ..Default::default() };
     let backend = BACKENDS[0];
     let to_vip = ipv4(CLIENT, VIP, TCP, &tcp(40000, 80, SYN), true);
     let to_pod = ipv4(CLIENT, backend, TCP, &tcp(40001, 8080, SYN), true);

@@ -3,8 +3,9 @@
 //! [`Runtime`] owns the loaded classifiers (`polc_from_ep`, `polc_to_ep`, `polc_epilogue`,
 //! the latter already placed in [`polc_abi::SLOT_EPILOGUE`]) and their maps. It lets callers
 //! register endpoints, put raw-loaded policy programs into prog-array slots, read the
-//! per-CPU scratch state, conntrack and drop counters, install service NAT frontends and
-//! backends ([`Runtime::set_service`]), and run a hook on a packet with `BPF_PROG_TEST_RUN`.
+//! per-CPU scratch state, conntrack, the per-CPU flow cache and drop counters, install
+//! service NAT frontends and backends ([`Runtime::set_service`]), and run a hook on a packet
+//! with `BPF_PROG_TEST_RUN`.
 
 use std::os::fd::{AsFd, BorrowedFd};
 
@@ -12,12 +13,13 @@ use aya::maps::Map;
 use aya::programs::SchedClassifier;
 use aya::{Ebpf, EbpfLoader};
 use polc_abi::{
-    ct_timeout, drop_reason, CtEntry, CtKey, Endpoint, FlowState, NatAffinity, NatAffinityKey,
-    NatBackend, NatBackendKey, NatFrontendKey, NatService, CT_DEFAULT_ENTRIES,
-    CT_DEFAULT_TIMEOUTS_NS, CT_ENTRY_SIZE, CT_KEY_SIZE, FLOW_STATE_SIZE, GLOBAL_CT_TIMEOUTS,
-    GLOBAL_NS_PER_JIFFY, MAP_CT, MAP_DROPS, MAP_EP, MAP_JUMP, MAP_NAT_AFF, MAP_NAT_BE, MAP_NAT_FE,
-    MAP_STATE, NAT_AFFINITY_SIZE, PROG_EPILOGUE, PROG_FROM_EP, PROG_TO_EP, SLOT_EPILOGUE,
-    STATE_KEY,
+    ct_timeout, drop_reason, CtEntry, CtKey, Endpoint, FlowCacheSlot, FlowState, NatAffinity,
+    NatAffinityKey, NatBackend, NatBackendKey, NatFrontendKey, NatService, CT_DEFAULT_ENTRIES,
+    CT_DEFAULT_TIMEOUTS_NS, CT_ENTRY_SIZE, CT_KEY_SIZE, FLOW_CACHE_DEFAULT_NS, FLOW_CACHE_SLOTS,
+    FLOW_CACHE_SLOT_SIZE, FLOW_STATE_SIZE, GLOBAL_CT_TIMEOUTS, GLOBAL_FLOW_CACHE_NS,
+    GLOBAL_NS_PER_JIFFY, MAP_CT, MAP_DROPS, MAP_EP, MAP_FLOW_CACHE, MAP_JUMP, MAP_NAT_AFF,
+    MAP_NAT_BE, MAP_NAT_FE, MAP_STATE, NAT_AFFINITY_SIZE, PROG_EPILOGUE, PROG_FROM_EP, PROG_TO_EP,
+    SLOT_EPILOGUE, STATE_KEY,
 };
 
 use crate::sys::{self, BpfError, TestRun, TestRunOutput, UpdateFlags};
@@ -72,11 +74,19 @@ pub struct RuntimeConfig {
     pub ct_max_entries: u32,
     /// Conntrack timeouts in nanoseconds, indexed by [`polc_abi::ct_timeout`].
     pub ct_timeouts_ns: [u64; ct_timeout::COUNT],
+    /// The per-CPU flow cache's refresh interval in nanoseconds (default 1 s): a cached
+    /// flow passes without the conntrack lookup for at most this long before conntrack
+    /// sees one of its packets again. 0 disables the cache (docs/runtime.md, "Flow cache").
+    pub flow_cache_ns: u64,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        RuntimeConfig { ct_max_entries: CT_DEFAULT_ENTRIES, ct_timeouts_ns: CT_DEFAULT_TIMEOUTS_NS }
+        RuntimeConfig {
+            ct_max_entries: CT_DEFAULT_ENTRIES,
+            ct_timeouts_ns: CT_DEFAULT_TIMEOUTS_NS,
+            flow_cache_ns: FLOW_CACHE_DEFAULT_NS,
+        }
     }
 }
 
@@ -94,8 +104,8 @@ impl Runtime {
         Runtime::load_with(&RuntimeConfig::default())
     }
 
-    /// Loads [`RUNTIME_OBJECT`]: creates its maps (conntrack sized and timeouts set from
-    /// `config`), loads the classifiers into the kernel and puts the epilogue into
+    /// Loads [`RUNTIME_OBJECT`]: creates its maps (conntrack sized, its timeouts and the flow
+    /// cache's refresh interval set from `config`), loads the classifiers into the kernel and puts the epilogue into
     /// [`SLOT_EPILOGUE`].
     pub fn load_with(config: &RuntimeConfig) -> Result<Runtime, RuntimeError> {
         if config.ct_max_entries == 0 {
@@ -105,6 +115,7 @@ impl Runtime {
             .map_max_entries(MAP_CT, config.ct_max_entries)
             .override_global(GLOBAL_CT_TIMEOUTS, &config.ct_timeouts_ns, true)
             .override_global(GLOBAL_NS_PER_JIFFY, &ns_per_jiffy()?, true)
+            .override_global(GLOBAL_FLOW_CACHE_NS, &config.flow_cache_ns, true)
             .load(RUNTIME_OBJECT)
             .map_err(|e| RuntimeError::Load(e.to_string()))?;
         for name in PROGRAMS {
@@ -122,6 +133,7 @@ impl Runtime {
         rt.ep_map_fd()?;
         rt.ct_map_fd()?;
         rt.drops_map_fd()?;
+        rt.flow_cache_map_fd()?;
         rt.nat_map_fd(MAP_NAT_FE)?;
         rt.nat_map_fd(MAP_NAT_BE)?;
         rt.nat_map_fd(MAP_NAT_AFF)?;
@@ -190,6 +202,48 @@ impl Runtime {
             Some(Map::PerCpuArray(data)) => Ok(data.fd().as_fd()),
             _ => Err(RuntimeError::Missing { kind: "map", name: MAP_DROPS }),
         }
+    }
+
+    /// The per-CPU flow cache ([`polc_abi::MAP_FLOW_CACHE`]: slot -> [`FlowCacheSlot`]).
+    pub fn flow_cache_map_fd(&self) -> Result<BorrowedFd<'_>, RuntimeError> {
+        match self.ebpf.map(MAP_FLOW_CACHE) {
+            Some(Map::PerCpuArray(data)) => Ok(data.fd().as_fd()),
+            _ => Err(RuntimeError::Missing { kind: "map", name: MAP_FLOW_CACHE }),
+        }
+    }
+
+    /// Flow cache slot `index` of every possible CPU (index = CPU number), empty ones
+    /// included; `index` is [`polc_abi::flow_cache_index`] of a key and a packet's tag.
+    pub fn flow_cache_slot(&self, index: u32) -> Result<Vec<FlowCacheSlot>, RuntimeError> {
+        let fd = self.flow_cache_map_fd()?;
+        let per_cpu = sys::map_lookup_percpu(fd, &index.to_ne_bytes())?
+            .ok_or_else(|| BpfError::Invalid(format!("{MAP_FLOW_CACHE} has no slot {index}")))?;
+        per_cpu
+            .iter()
+            .map(|bytes| {
+                let b: &[u8; FLOW_CACHE_SLOT_SIZE] = bytes.as_slice().try_into().map_err(|_| {
+                    BpfError::Invalid(format!(
+                        "{MAP_FLOW_CACHE} value is {} bytes, expected {FLOW_CACHE_SLOT_SIZE}",
+                        bytes.len()
+                    ))
+                })?;
+                Ok(FlowCacheSlot::from_bytes(b))
+            })
+            .collect()
+    }
+
+    /// Every filled flow cache slot as (CPU, slot index, slot), expired ones included
+    /// (expiry is the runtime's decision against the conntrack clock).
+    pub fn flow_cache_slots(&self) -> Result<Vec<(usize, u32, FlowCacheSlot)>, RuntimeError> {
+        let mut out = Vec::new();
+        for index in 0..FLOW_CACHE_SLOTS {
+            for (cpu, slot) in self.flow_cache_slot(index)?.into_iter().enumerate() {
+                if slot.tag != 0 {
+                    out.push((cpu, index, slot));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// A service NAT map by name: [`MAP_NAT_FE`], [`MAP_NAT_BE`] or [`MAP_NAT_AFF`].
@@ -313,6 +367,12 @@ impl Runtime {
     pub fn ct_update(&self, key: &CtKey, entry: &CtEntry) -> Result<(), RuntimeError> {
         let fd = self.ct_map_fd()?;
         Ok(sys::map_update(fd, &key.to_bytes(), &entry.to_bytes(), UpdateFlags::Any)?)
+    }
+
+    /// Deletes the conntrack entry of `key`; returns whether there was one. (The runtime
+    /// never needs this; tests use it to show which packets still reach conntrack.)
+    pub fn ct_delete(&self, key: &CtKey) -> Result<bool, RuntimeError> {
+        Ok(sys::map_delete(self.ct_map_fd()?, &key.to_bytes())?)
     }
 
     /// Every conntrack entry, in the map's iteration order.

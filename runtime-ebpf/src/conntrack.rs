@@ -24,8 +24,9 @@ pub enum Hook {
     ToEp,
 }
 
+/// The timeout (ns) of an entry of `protocol` in `state`.
 #[inline(always)]
-fn timeout_ns(protocol: u8, state: u8) -> u64 {
+pub fn timeout_ns(protocol: u8, state: u8) -> u64 {
     let idx = match protocol {
         IPPROTO_TCP => match state {
             ct_state::ESTABLISHED => ct_timeout::TCP_ESTABLISHED,

@@ -1,9 +1,11 @@
 //! polc's tc fast path: two classifiers on each pod's host-side veth and an epilogue.
 //!
 //! - `polc_from_ep` (tc ingress of the host veth: packets leaving the pod) and `polc_to_ep`
-//!   (tc egress: packets to the pod) parse the packet and look it up in conntrack. A usable
-//!   entry approved for the local endpoint's role forwards the packet (one map lookup). On a
-//!   miss they fill the per-CPU [`FlowState`] and tail-call the endpoint's policy program.
+//!   (tc egress: packets to the pod) parse the packet, ask this CPU's flow cache
+//!   (flow_cache.rs: an inlined array lookup answering recent established flows), then
+//!   conntrack. A usable entry approved for the local endpoint's role forwards the packet
+//!   (one map lookup) and may fill the cache. On a miss they fill the per-CPU [`FlowState`]
+//!   and tail-call the endpoint's policy program.
 //! - The policy program writes its verdict and tail-calls `polc_epilogue`, which records
 //!   the approval in conntrack and forwards, or drops.
 //! - Service NAT (nat.rs): on a miss at `polc_from_ep`, a packet to a service frontend is
@@ -18,6 +20,7 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod conntrack;
+mod flow_cache;
 mod nat;
 mod parse;
 
@@ -27,9 +30,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use polc_abi::{
-    ct_approved, ct_nat, direction, drop_reason, family, own_addr, stage, verdict, CtEntry, CtKey,
-    Endpoint, FlowState, CT_DEFAULT_ENTRIES, EP_ENTRIES, JUMP_ENTRIES, RULE_ID_NONE, SLOT_NONE,
-    STATE_KEY, TC_ACT_OK, TC_ACT_SHOT,
+    ct_approved, ct_nat, ct_state, direction, drop_reason, family, own_addr, stage, tcp_flags,
+    verdict, CtEntry, CtKey, Endpoint, FlowState, CT_DEFAULT_ENTRIES, EP_ENTRIES, JUMP_ENTRIES,
+    RULE_ID_NONE, SLOT_NONE, STATE_KEY, TC_ACT_OK, TC_ACT_SHOT,
 };
 
 use conntrack::{Hook, KeyBuf};
@@ -126,7 +129,24 @@ fn decide(ctx: &TcContext, hook: Hook, mut f: Flow) -> i32 {
     let mut key = KeyBuf(CtKey::default());
     let src_is_lo = conntrack::fill_key(&mut key, f.family, f.protocol, &f.ends());
     let now = conntrack::now_ns();
-    // The fast path: one lookup.
+    // The fastest path: this CPU's flow cache, a lookup the verifier inlines.
+    let view = flow_cache::View::new(&key, hook, src_is_lo, ifindex(ctx));
+    let slot = flow_cache::slot(&view);
+    if let Some(s) = slot {
+        // SAFETY: this CPU's slot, a live map value.
+        unsafe {
+            if flow_cache::cacheable(&f) && flow_cache::hit(s, &view, now) {
+                return TC_ACT_OK;
+            }
+            // Whatever conntrack decides below is the news: the slot must not outlive it.
+            flow_cache::clear_if_key(s, &view);
+        }
+        if f.protocol == parse::IPPROTO_TCP && f.tcp_flags & (tcp_flags::FIN | tcp_flags::RST) != 0
+        {
+            flow_cache::clear_other_views(&view);
+        }
+    }
+    // The fast path: one conntrack lookup.
     if let Some(e) = POLC_CT.get_ptr_mut(&key.0) {
         // SAFETY: a live entry of the map; concurrent updates only race on plain fields.
         let e = unsafe { &mut *e };
@@ -135,8 +155,18 @@ fn decide(ctx: &TcContext, hook: Hook, mut f: Flow) -> i32 {
             && conntrack::approved_at(e, conntrack::role_bit(hook, forward), ifindex(ctx))
         {
             conntrack::touch(e, f.protocol, f.tcp_flags, forward, now);
-            if e.nat_flags != 0 && !nat::fast_path(ctx, &f, e, hook == Hook::ToEp, forward) {
-                return drop_packet(drop_reason::TRUNCATED);
+            if e.nat_flags != 0 {
+                // NAT'd flows are never cached: every packet must be rewritten.
+                if !nat::fast_path(ctx, &f, e, hook == Hook::ToEp, forward) {
+                    return drop_packet(drop_reason::TRUNCATED);
+                }
+                return TC_ACT_OK;
+            }
+            if let Some(s) = slot {
+                if let Some(expires) = cache_until(e, &f, now) {
+                    // SAFETY: as above.
+                    unsafe { flow_cache::fill(s, &view, expires) };
+                }
             }
             return TC_ACT_OK;
         }
@@ -177,6 +207,21 @@ fn decide(ctx: &TcContext, hook: Hook, mut f: Flow) -> i32 {
     // SAFETY: on success the tail call does not return.
     unsafe { POLC_JUMP.tail_call(ctx, slot) };
     drop_packet(drop_reason::NO_POLICY)
+}
+
+/// Until when the flow cache may pass the packets of this view of `e` (just touched at
+/// `now`, usable and approved), or None if it must not: TCP only once ESTABLISHED (the
+/// handshake and teardown belong to conntrack), never ICMP errors; at most the refresh
+/// interval, never past the entry's own expiry (a timeout of 0 never caches).
+#[inline(always)]
+fn cache_until(e: &CtEntry, f: &Flow, now: u64) -> Option<u64> {
+    if f.icmp_error || (f.protocol == parse::IPPROTO_TCP && e.state != ct_state::ESTABLISHED) {
+        return None;
+    }
+    let refresh = now.saturating_add(flow_cache::refresh_ns());
+    let ct_expiry = e.last_seen_ns.saturating_add(conntrack::timeout_ns(f.protocol, e.state));
+    let expires = if refresh < ct_expiry { refresh } else { ct_expiry };
+    (now < expires).then_some(expires)
 }
 
 /// Whether `addr` (a [`Flow`] address) is the endpoint's own address of its family.

@@ -72,6 +72,20 @@ pub const GLOBAL_NS_PER_JIFFY: &str = "POLC_NS_PER_JIFFY";
 /// The object's default for [`GLOBAL_NS_PER_JIFFY`] (CONFIG_HZ=250); the loader measures
 /// the running kernel's tick and overrides it.
 pub const DEFAULT_NS_PER_JIFFY: u64 = 4_000_000;
+/// Name of the per-CPU flow cache in front of conntrack (`BPF_MAP_TYPE_PERCPU_ARRAY` of
+/// [`FLOW_CACHE_SLOTS`] [`FlowCacheSlot`]s; see docs/runtime.md, "Flow cache"). Soft state:
+/// not pinned (the pinned classifiers keep it alive); a reload starts empty.
+pub const MAP_FLOW_CACHE: &str = "POLC_FLOW_CACHE";
+/// Name of the runtime's read-only global holding the flow cache's refresh interval
+/// (`u64`, nanoseconds; set at load time): a cached flow is re-checked against conntrack
+/// at least this often. 0 disables the cache.
+pub const GLOBAL_FLOW_CACHE_NS: &str = "POLC_FLOW_CACHE_NS";
+/// The object's default for [`GLOBAL_FLOW_CACHE_NS`]: 1 s.
+pub const FLOW_CACHE_DEFAULT_NS: u64 = 1_000_000_000;
+/// Slots per CPU in [`MAP_FLOW_CACHE`] (a power of two: the index is a masked hash).
+pub const FLOW_CACHE_SLOTS: u32 = 1 << FLOW_CACHE_BITS;
+/// log2 of [`FLOW_CACHE_SLOTS`].
+pub const FLOW_CACHE_BITS: u32 = 12;
 /// Name of the service frontend map (`BPF_MAP_TYPE_HASH`): [`NatFrontendKey`] ->
 /// [`NatService`].
 pub const MAP_NAT_FE: &str = "POLC_NAT_FE";
@@ -744,6 +758,103 @@ impl CtEntry {
     }
 }
 
+impl CtKey {
+    /// The key as the five native-endian u64 words the runtime builds it from (addresses,
+    /// then ports, protocol and family): the input of [`flow_cache_index`].
+    pub fn words(&self) -> [u64; 5] {
+        let b = self.to_bytes();
+        let w = |o: usize| {
+            u64::from_ne_bytes([
+                b[o],
+                b[o + 1],
+                b[o + 2],
+                b[o + 3],
+                b[o + 4],
+                b[o + 5],
+                b[o + 6],
+                b[o + 7],
+            ])
+        };
+        [w(0), w(8), w(16), w(24), w(32)]
+    }
+}
+
+/// A slot of [`MAP_FLOW_CACHE`]: "this CPU saw packets of `key` at this hook, in this
+/// direction, on interface `ifindex`, pass conntrack's fast path, so until `expires_ns`
+/// such packets may pass without the conntrack lookup".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCacheSlot {
+    /// The conntrack key, a full copy (a hit compares all of it).
+    pub key: CtKey,
+    /// The interface the packets were seen on (the approval's interface).
+    pub ifindex: u32,
+    /// [`flow_cache_tag`] bits; 0 = empty.
+    pub tag: u32,
+    /// The conntrack clock ([`CtEntry::last_seen_ns`]) until which the slot may be used;
+    /// 0 = empty. Written 0 first and last with its real value.
+    pub expires_ns: u64,
+}
+
+/// Size of [`FlowCacheSlot`] in bytes.
+pub const FLOW_CACHE_SLOT_SIZE: usize = 56;
+
+/// [`FlowCacheSlot::tag`] bits: which packets of the key the slot speaks for.
+pub mod flow_cache_tag {
+    /// The slot holds a flow (never 0 in a filled slot).
+    pub const VALID: u32 = 1;
+    /// Seen at the to-endpoint hook (else the from-endpoint hook).
+    pub const TO_EP: u32 = 2;
+    /// The packets' source is the key's `lo` side (the packet direction).
+    pub const SRC_IS_LO: u32 = 4;
+
+    /// The tag of a packet at a hook (`to_ep`) whose source is the key's lo side
+    /// (`src_is_lo`).
+    #[inline(always)]
+    pub fn of(to_ep: bool, src_is_lo: bool) -> u32 {
+        VALID | if to_ep { TO_EP } else { 0 } | if src_is_lo { SRC_IS_LO } else { 0 }
+    }
+}
+
+/// The slot of [`MAP_FLOW_CACHE`] for a key (its [`CtKey::words`]) and a packet's tag: a
+/// multiplicative (Fibonacci) hash of the words folded into one, its top
+/// [`FLOW_CACHE_BITS`] bits. The tag is part of the hash, so the up to four (hook,
+/// direction) views of one local pod-to-pod flow use different slots instead of evicting
+/// each other on every packet.
+#[inline(always)]
+pub fn flow_cache_index(w: &[u64; 5], tag: u32) -> u32 {
+    // The high address words and the tag land in bits the others leave mostly empty (IPv4
+    // addresses use bits 0..32 of their first word; ports, protocol and family bits 0..48).
+    let folded = w[0] ^ w[1] ^ (w[2] ^ w[3]).rotate_left(32) ^ w[4] ^ (u64::from(tag) << 56);
+    (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FLOW_CACHE_BITS)) as u32
+}
+
+impl FlowCacheSlot {
+    /// Decodes a slot from its in-memory bytes.
+    pub fn from_bytes(b: &[u8; FLOW_CACHE_SLOT_SIZE]) -> FlowCacheSlot {
+        let mut key = [0u8; CT_KEY_SIZE];
+        key.copy_from_slice(&b[0..CT_KEY_SIZE]);
+        FlowCacheSlot {
+            key: CtKey::from_bytes(&key),
+            ifindex: u32::from_ne_bytes([b[40], b[41], b[42], b[43]]),
+            tag: u32::from_ne_bytes([b[44], b[45], b[46], b[47]]),
+            expires_ns: u64::from_ne_bytes([
+                b[48], b[49], b[50], b[51], b[52], b[53], b[54], b[55],
+            ]),
+        }
+    }
+
+    /// The slot's in-memory bytes (native byte order).
+    pub fn to_bytes(&self) -> [u8; FLOW_CACHE_SLOT_SIZE] {
+        let mut b = [0u8; FLOW_CACHE_SLOT_SIZE];
+        b[0..CT_KEY_SIZE].copy_from_slice(&self.key.to_bytes());
+        b[40..44].copy_from_slice(&self.ifindex.to_ne_bytes());
+        b[44..48].copy_from_slice(&self.tag.to_ne_bytes());
+        b[48..56].copy_from_slice(&self.expires_ns.to_ne_bytes());
+        b
+    }
+}
+
 /// Decodes a 16-byte address at `o` of `b` (the caller's slice is long enough).
 fn addr_at(b: &[u8], o: usize) -> [u8; 16] {
     let mut a = [0u8; 16];
@@ -929,6 +1040,8 @@ const _: () = assert!(core::mem::offset_of!(Endpoint, addr_v6) == 32);
 const _: () = assert!(core::mem::align_of::<Endpoint>() == 8);
 const _: () = assert!(core::mem::size_of::<CtKey>() == CT_KEY_SIZE);
 const _: () = assert!(core::mem::size_of::<CtEntry>() == CT_ENTRY_SIZE);
+const _: () = assert!(core::mem::size_of::<FlowCacheSlot>() == FLOW_CACHE_SLOT_SIZE);
+const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two() && FLOW_CACHE_BITS < 32);
 const _: () = assert!(drop_reason::NAMES.len() <= drop_reason::COUNT as usize);
 const _: () = assert!(SLOT_FIRST_POLICY < SLOT_EPILOGUE && SLOT_EPILOGUE < JUMP_ENTRIES);
 const _: () = assert!(core::mem::size_of::<FlowState>() == FLOW_STATE_SIZE);
@@ -1082,6 +1195,72 @@ mod tests {
     }
 
     #[test]
+    fn flow_cache_slot_encodes_as_its_memory_image() {
+        let a = [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let b = [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let slot = FlowCacheSlot {
+            key: CtKey::new(family::IPV4, 6, &a, 40000, &b, 443).0,
+            ifindex: 0x0a0b_0c0d,
+            tag: flow_cache_tag::of(true, false),
+            expires_ns: 0x0102_0304_0506_0708,
+        };
+        assert_eq!(FlowCacheSlot::from_bytes(&slot.to_bytes()), slot);
+        // SAFETY: repr(C) with no padding holes: a 40-byte key, two u32, a u64.
+        let image: [u8; FLOW_CACHE_SLOT_SIZE] = unsafe { core::mem::transmute(slot) };
+        assert_eq!(image, slot.to_bytes());
+        assert_eq!(offset_of!(FlowCacheSlot, ifindex), 40);
+        assert_eq!(offset_of!(FlowCacheSlot, expires_ns), 48);
+        assert_eq!(slot.tag, flow_cache_tag::VALID | flow_cache_tag::TO_EP);
+        // The words are the key's memory image, word by word.
+        let w = slot.key.words();
+        assert_eq!(w[0], u64::from(u32::from_ne_bytes([10, 0, 0, 1])));
+        assert_eq!(w[4], 40000 | 443 << 16 | 6 << 32 | u64::from(family::IPV4) << 40);
+    }
+
+    /// The four (hook, direction) views of a flow never share a slot, and flows spread
+    /// over the slots about as well as random picks would.
+    #[test]
+    fn flow_cache_index_separates_views_and_spreads_flows() {
+        let tags = [(false, false), (false, true), (true, false), (true, true)]
+            .map(|(to_ep, lo)| flow_cache_tag::of(to_ep, lo));
+        let mut used = [false; FLOW_CACHE_SLOTS as usize];
+        let mut distinct = 0;
+        let (mut v4_flows, mut v6_flows) = (0, 0);
+        for n in 0u16..2000 {
+            // One client talking to one server from many source ports (the worst case for
+            // address-only hashes), then IPv6 clients of one /64 to one server.
+            let (key, v6) = if n < 1000 {
+                let a = [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                let b = [10, 0, 1, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                (CtKey::new(family::IPV4, 6, &a, 30000 + n, &b, 443).0, false)
+            } else {
+                let mut a = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                a[14..16].copy_from_slice(&n.to_be_bytes());
+                let b = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff];
+                (CtKey::new(family::IPV6, 17, &a, 5353, &b, 53).0, true)
+            };
+            let idx = tags.map(|t| flow_cache_index(&key.words(), t));
+            assert!(idx.iter().all(|&i| i < FLOW_CACHE_SLOTS));
+            for (i, x) in idx.iter().enumerate() {
+                assert!(idx[i + 1..].iter().all(|y| y != x), "views share a slot: {idx:?}");
+            }
+            let i = idx[0] as usize;
+            if !used[i] {
+                used[i] = true;
+                distinct += 1;
+                if v6 {
+                    v6_flows += 1;
+                } else {
+                    v4_flows += 1;
+                }
+            }
+        }
+        // 2000 random picks of 4096 slots hit about 1577 distinct ones.
+        assert!(distinct > 1450, "2000 flows use {distinct} slots");
+        assert!(v4_flows > 700 && v6_flows > 600, "{v4_flows} IPv4, {v6_flows} IPv6");
+    }
+
+    #[test]
     fn map_names_are_pinnable() {
         for name in [
             MAP_JUMP,
@@ -1092,6 +1271,7 @@ mod tests {
             MAP_NAT_FE,
             MAP_NAT_BE,
             MAP_NAT_AFF,
+            MAP_FLOW_CACHE,
             PROG_TC,
             PROG_FROM_EP,
             PROG_TO_EP,
