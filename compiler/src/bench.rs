@@ -5,7 +5,7 @@
 use crate::compile::{compile_ir_with, Options};
 use crate::engine::KernelEngine;
 use crate::error::{print_stdout, Error, Result};
-use crate::synth::{cluster_yaml, Spec, TARGET, TARGET_IP};
+use crate::synth::{cluster_yaml, PortMix, Spec, TARGET, TARGET_IP};
 use polc_ir::{proto, Direction, Family, Flow};
 use serde_json::json;
 use std::net::IpAddr;
@@ -22,6 +22,9 @@ pub struct BenchArgs {
     /// Pods besides the target in each synthetic cluster.
     #[arg(long, default_value_t = 50)]
     pub pods: usize,
+    /// Where the synthetic rules draw their ports from (`polc synth --ports`).
+    #[arg(long, value_enum, default_value_t = PortMix::Random)]
+    pub ports: PortMix,
     #[arg(long = "output", value_enum, default_value = "text")]
     pub output: crate::compile::OutputFormat,
     /// Also write the results as an SVG chart (worst flow's ns and worst-case instructions
@@ -58,7 +61,13 @@ struct Row {
 pub fn run(args: &BenchArgs) -> Result<()> {
     let mut rows = Vec::new();
     for &rules in &args.rules {
-        let yaml = cluster_yaml(Spec { rules, pods: args.pods, seed: 42, replicas: 1 });
+        let yaml = cluster_yaml(Spec {
+            rules,
+            pods: args.pods,
+            seed: 42,
+            ports: args.ports,
+            ..Spec::default()
+        });
         let cluster = crate::frontend::load_str("synth.yaml", &yaml)?;
         let ir = crate::lower::lower(&cluster);
         for opt_level in [0u8, 1, 2] {

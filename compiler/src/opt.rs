@@ -44,6 +44,10 @@ pub const MAX_PAIRS: usize = 300_000;
 /// Most instruction slots of an -O2 program. It is never split, and below 32k every jump
 /// keeps a 16-bit offset (the vm engine cannot run `gotol`).
 pub const MAX_SLOTS: usize = 30_000;
+/// Most instructions the verifier may walk through a pair table in code: it walks the
+/// whole table once per port leaf (each leaf leaves different constants behind, so no
+/// state prunes another), and stops at 1M processed instructions for the program.
+pub const MAX_CODE_PAIR_WALK: usize = 400_000;
 
 /// An -O2 program and the contents of its own maps.
 #[derive(Debug, Clone)]
@@ -261,22 +265,48 @@ fn generate_with(
     // H: first both-constrained rule per tier, per (pair class of the address, pair class of
     // the port). Addresses the pair rules cannot tell apart share a pair class.
     let pair_class = ctx.pair_classes(&pair_rules);
-    // Cheap upper bound first: the exact table is at most this big.
+    // A pair rule decides a cell only where it precedes its tier's address-only rule (F) and
+    // port-only rule (G) for every address and port of the cell: bound both by their latest
+    // value over the cell's members, and store no cell a pair rule cannot decide. Cells no
+    // port leaf reaches keep a bound of 0 (nothing is stored for them).
+    let npairclasses = pair_class.iter().map(|&pc| pc as usize + 1).max().unwrap_or(0);
+    let mut f_latest = vec![vec![0u64; tiers]; npairclasses];
+    for (c, row) in f.iter().enumerate() {
+        for (latest, &v) in f_latest[pair_class[c] as usize].iter_mut().zip(row) {
+            *latest = (*latest).max(v);
+        }
+    }
+    let mut g_latest = vec![vec![0u64; tiers]; pair_tree.leaves.len()];
+    for (q, &hq) in pair_q.iter().enumerate() {
+        for (latest, &v) in g_latest[hq as usize].iter_mut().zip(&g[q]) {
+            *latest = (*latest).max(v);
+        }
+    }
+    // For each pair rule, the pair port classes and address classes where it may decide.
+    let mut cells = Vec::with_capacity(pair_rules.len());
     let mut estimate = 0usize;
     for r in &pair_rules {
-        let pcs: BTreeSet<u32> = ctx.class_members(r).iter().map(|&c| pair_class[c]).collect();
-        estimate += pcs.len() * pair_tree.candidates(&r.port_match).len();
+        let t = r.tier;
+        let before_f = |c: usize| r.value < f_latest[pair_class[c] as usize][t];
+        let qs: Vec<usize> = (pair_tree.candidates(&r.port_match).into_iter())
+            .filter(|&hq| r.value < g_latest[hq][t])
+            .filter(|&hq| r.coupled || ctx.port_side_matches(r, &pair_tree.leaves[hq], ctx.own))
+            .collect();
+        let members: Vec<usize> = if qs.is_empty() {
+            Vec::new()
+        } else {
+            ctx.class_members(r).into_iter().filter(|&c| before_f(c)).collect()
+        };
+        // Cheap upper bound first: the exact table is at most this big.
+        let pcs = members.iter().map(|&c| pair_class[c]).collect::<BTreeSet<u32>>().len();
+        estimate += pcs * qs.len();
         if estimate > 8 * MAX_PAIRS {
             return fallback(format!("more than {MAX_PAIRS} address x port pairs (estimate)"));
         }
+        cells.push((qs, members));
     }
     let mut h: BTreeMap<(u32, u32), Vec<u64>> = BTreeMap::new();
-    for r in &pair_rules {
-        let members = ctx.class_members(r);
-        if members.is_empty() {
-            continue;
-        }
-        let candidates = pair_tree.candidates(&r.port_match);
+    for (r, (qs, members)) in pair_rules.iter().zip(&cells) {
         let mut add = |pc: u32, hq: usize| -> bool {
             let row = h.entry((pc, hq as u32)).or_insert_with(|| vec![END; tiers]);
             if row[r.tier] == END {
@@ -285,9 +315,9 @@ fn generate_with(
             h.len() <= MAX_PAIRS
         };
         if r.coupled {
-            for &c in &members {
+            for &c in members {
                 let Some(rep) = ctx.classes[c].rep else { continue };
-                for &hq in &candidates {
+                for &hq in qs {
                     if ctx.port_side_matches(r, &pair_tree.leaves[hq], rep)
                         && !add(pair_class[c], hq)
                     {
@@ -296,13 +326,9 @@ fn generate_with(
                 }
             }
         } else {
-            let qs: Vec<usize> = candidates
-                .into_iter()
-                .filter(|&hq| ctx.port_side_matches(r, &pair_tree.leaves[hq], ctx.own))
-                .collect();
             let pcs: BTreeSet<u32> = members.iter().map(|&c| pair_class[c]).collect();
             for pc in pcs {
-                for &hq in &qs {
+                for &hq in qs {
                     if !add(pc, hq) {
                         return fallback(format!("more than {MAX_PAIRS} address x port pairs"));
                     }
@@ -390,6 +416,7 @@ fn generate_with(
 
     let any_g = tier_has_g.iter().any(|&b| b);
     let any_h = tier_has_h.iter().any(|&b| b);
+    let mut port_leaves = 0usize;
     if any_g || any_h {
         a.comment("no port-only or pair rule matched yet");
         a.push(Insn::ld_imm64(Reg::R1, END));
@@ -411,6 +438,7 @@ fn generate_with(
             c
         };
         tree.emit(&mut a, done, &content, &mut |a, q| {
+            port_leaves += 1;
             for (t, &v) in g[q].iter().enumerate() {
                 if v != END {
                     a.comment(format!("G[{t}] = rule id {}", v >> 2 & 0x3fff_ffff));
@@ -445,6 +473,7 @@ fn generate_with(
         a.bind(done);
     } else if any_h {
         let done = a.label();
+        let start = a.slots();
         a.comment("address x port pairs: first rule constrained on both (binary search)");
         a.push(Insn::ldx(Size::W, Reg::R1, CLASS, 0));
         let mut by_class: BTreeMap<u32, Vec<(u32, &Vec<u64>)>> = BTreeMap::new();
@@ -465,6 +494,13 @@ fn generate_with(
             });
         });
         a.bind(done);
+        let walk = port_leaves.max(1) * (a.slots() - start);
+        if walk > MAX_CODE_PAIR_WALK {
+            return fallback(format!(
+                "the verifier would walk the pair tree {port_leaves} times ({walk} instructions, \
+                 at most {MAX_CODE_PAIR_WALK}) {PAIRS_IN_CODE}"
+            ));
+        }
     }
 
     for (t, tier) in ep.tiers.iter().enumerate() {

@@ -17,13 +17,36 @@ pub struct Spec {
     /// Pods per workload: consecutive pods share labels and ports, like a Deployment's
     /// replicas (1: every pod drawn on its own).
     pub replicas: usize,
+    /// Where rules draw their ports from.
+    pub ports: PortMix,
 }
 
 impl Default for Spec {
     fn default() -> Spec {
-        Spec { rules: 100, pods: 50, seed: 1, replicas: 1 }
+        Spec { rules: 100, pods: 50, seed: 1, replicas: 1, ports: PortMix::Random }
     }
 }
+
+/// Where the generated rules draw their destination ports from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum PortMix {
+    /// Uniformly from 1-20000, ranges up to 500 (Kubernetes: 1000) wide: nearly every rule
+    /// adds port boundaries of its own (a worst case for class tables).
+    #[default]
+    Random,
+    /// From the ports services listen on: well-known service ports and a few common ranges
+    /// (the NodePort range, ephemeral ports), as rules written against real workloads use.
+    Services,
+}
+
+/// Single ports of `PortMix::Services`: common service and infrastructure ports.
+const SERVICE_PORTS: &[u64] = &[
+    22, 53, 80, 443, 1433, 2379, 2380, 3000, 3306, 4222, 5000, 5432, 5672, 6379, 6443, 7000, 8000,
+    8080, 8081, 8443, 8888, 9000, 9042, 9090, 9092, 9093, 9100, 9200, 9300, 9411, 10250, 11211,
+    15672, 27017,
+];
+/// Port ranges of `PortMix::Services`.
+const SERVICE_RANGES: &[(u64, u64)] = &[(30000, 32767), (32768, 60999), (8000, 8099), (6000, 6007)];
 
 /// Flags of `polc synth`.
 #[derive(clap::Args, Debug)]
@@ -39,6 +62,9 @@ pub struct SynthArgs {
     /// Pods per workload (replicas share labels and ports).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub replicas: u64,
+    /// Where rules draw their ports from.
+    #[arg(long, value_enum, default_value_t = PortMix::Random)]
+    pub ports: PortMix,
 }
 
 /// `polc synth`: print the cluster YAML to stdout.
@@ -48,6 +74,7 @@ pub fn run(args: &SynthArgs) -> crate::error::Result<()> {
         pods: args.pods as usize,
         seed: args.seed,
         replicas: args.replicas as usize,
+        ports: args.ports,
     };
     crate::error::print_stdout(&cluster_yaml(spec))
 }
@@ -167,7 +194,7 @@ pub fn cluster_yaml(spec: Spec) -> String {
         for _ in 0..n {
             let action = if r.chance(70) { "Allow" } else { "Deny" };
             let _ = writeln!(y, "  - action: {action}");
-            port_rule(&mut y, &mut r);
+            port_rule(&mut y, &mut r, spec.ports);
         }
     }
     for (p, n) in chunks(calico, PER_POLICY).enumerate() {
@@ -181,7 +208,7 @@ pub fn cluster_yaml(spec: Spec) -> String {
         for _ in 0..n {
             let action = if r.chance(80) { "Allow" } else { "Deny" };
             let _ = writeln!(y, "  - action: {action}");
-            port_rule(&mut y, &mut r);
+            port_rule(&mut y, &mut r, spec.ports);
         }
     }
     for (p, n) in chunks(k8s, PER_POLICY).enumerate() {
@@ -206,10 +233,21 @@ pub fn cluster_yaml(spec: Spec) -> String {
                     r.pick(TEAMS)
                 ),
             };
-            let port = match r.below(3) {
-                0 => "{port: http}".to_string(),
-                1 => format!("{{port: {}, endPort: {}}}", 3000 + r.below(100), 3100 + r.below(900)),
-                _ => format!("{{protocol: UDP, port: {}}}", 1000 + r.below(9000)),
+            let port = match (r.below(3), spec.ports) {
+                (0, _) => "{port: http}".to_string(),
+                (1, PortMix::Random) => {
+                    format!("{{port: {}, endPort: {}}}", 3000 + r.below(100), 3100 + r.below(900))
+                }
+                (1, PortMix::Services) => {
+                    let (lo, hi) = SERVICE_RANGES[r.below(SERVICE_RANGES.len() as u64) as usize];
+                    format!("{{port: {lo}, endPort: {hi}}}")
+                }
+                (_, PortMix::Random) => {
+                    format!("{{protocol: UDP, port: {}}}", 1000 + r.below(9000))
+                }
+                (_, PortMix::Services) => {
+                    format!("{{protocol: UDP, port: {}}}", service_port(&mut r))
+                }
             };
             let _ = write!(y, "  - from: [{peer}]\n    ports: [{port}]\n");
         }
@@ -240,7 +278,7 @@ fn cidr(r: &mut Rng) -> String {
 }
 
 /// The match part of a Calico rule: protocol, source selector or nets, destination ports.
-fn port_rule(y: &mut String, r: &mut Rng) {
+fn port_rule(y: &mut String, r: &mut Rng, ports: PortMix) {
     match r.below(10) {
         0 => {
             let _ = write!(
@@ -277,6 +315,26 @@ fn port_rule(y: &mut String, r: &mut Rng) {
         }
         _ => {}
     }
+    if ports == PortMix::Services {
+        match r.below(4) {
+            0 => {
+                let _ = write!(y, "    destination:\n      ports: [{}]\n", service_port(r));
+            }
+            1 => {
+                let (lo, hi) = SERVICE_RANGES[r.below(SERVICE_RANGES.len() as u64) as usize];
+                let _ = write!(y, "    destination:\n      ports: [\"{lo}:{hi}\"]\n");
+            }
+            2 => y.push_str("    destination:\n      ports: [http, metrics]\n"),
+            _ => {
+                let (a, b, not) = (service_port(r), service_port(r), service_port(r));
+                let _ = write!(
+                    y,
+                    "    destination:\n      ports: [{a}, {b}]\n      notPorts: [{not}]\n"
+                );
+            }
+        }
+        return;
+    }
     let lo = 1 + r.below(20000);
     match r.below(4) {
         0 => {
@@ -297,13 +355,17 @@ fn port_rule(y: &mut String, r: &mut Rng) {
     }
 }
 
+fn service_port(r: &mut Rng) -> u64 {
+    SERVICE_PORTS[r.below(SERVICE_PORTS.len() as u64) as usize]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn is_deterministic_and_loads() {
-        let spec = Spec { rules: 300, pods: 40, seed: 7, replicas: 1 };
+        let spec = Spec { rules: 300, pods: 40, seed: 7, ..Spec::default() };
         let a = cluster_yaml(spec);
         assert_eq!(a, cluster_yaml(spec));
         assert_ne!(a, cluster_yaml(Spec { seed: 8, ..spec }));

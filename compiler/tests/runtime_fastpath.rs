@@ -1584,7 +1584,8 @@ fn bench_first_packet_with_compiled_policies() {
          from-endpoint hook, median of 5; empty tc program {empty_ns}"
     );
     for rules in [10usize, 10_000] {
-        let yaml = synth::cluster_yaml(synth::Spec { rules, pods: 50, seed: 42, replicas: 1 });
+        let yaml =
+            synth::cluster_yaml(synth::Spec { rules, pods: 50, seed: 42, ..Default::default() });
         let cluster = polc::frontend::load_str("synth.yaml", &yaml).expect("synthetic cluster");
         let ir = polc::lower::lower(&cluster);
         for opt_level in [2u8, 0] {

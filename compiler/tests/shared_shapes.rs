@@ -33,7 +33,13 @@ fn summary(c: &Compiled) -> Vec<String> {
 fn sharing_shapes_gives_the_programs_a_fresh_compile_gives() {
     // Replicas share labels and ports: the sharing is exercised (and counted below).
     for (rules, pods, seed, replicas) in [(60, 40, 1, 1), (300, 80, 7, 4), (1200, 30, 3, 10)] {
-        let yaml = polc::synth::cluster_yaml(polc::synth::Spec { rules, pods, seed, replicas });
+        let yaml = polc::synth::cluster_yaml(polc::synth::Spec {
+            rules,
+            pods,
+            seed,
+            replicas,
+            ..Default::default()
+        });
         for level in [0, 1, 2] {
             let shared = compile(&yaml, level, true);
             let fresh = compile(&yaml, level, false);
@@ -75,8 +81,13 @@ fn the_demo_and_every_case_compile_the_same_with_and_without_sharing() {
 /// every endpoint must equal what lowering that pod on its own gives.
 #[test]
 fn lowering_replicas_once_gives_what_lowering_each_pod_gives() {
-    let yaml =
-        polc::synth::cluster_yaml(polc::synth::Spec { rules: 400, pods: 60, seed: 5, replicas: 6 });
+    let yaml = polc::synth::cluster_yaml(polc::synth::Spec {
+        rules: 400,
+        pods: 60,
+        seed: 5,
+        replicas: 6,
+        ..Default::default()
+    });
     let mut inputs = vec![polc::frontend::load_str("synth.yaml", &yaml).expect("loads")];
     let demo = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/demo"));
     inputs.push(polc::frontend::load(&[demo]).expect("demo loads"));
