@@ -40,6 +40,11 @@ pub mod map {
     /// The program's own LPM map: peer address -> bitmap of the peer-side sets holding it
     /// (-O1 programs).
     pub const PEER_BITS: u32 = 8;
+    /// The program's own array: protocol slot x 65536 + destination port -> port row
+    /// (-O2 programs with too many port classes for a branch tree).
+    pub const PORTS: u32 = 9;
+    /// The program's own array: port row -> (pair port class, first port-only rule per tier).
+    pub const PORT_ROWS: u32 = 10;
 }
 
 /// Shortest run of same-protocol rules worth a protocol guard (the guard costs two
@@ -53,7 +58,7 @@ pub type MapContents = Vec<(Vec<u8>, Vec<u8>)>;
 pub const MAX_PEER_BITS: usize = 16 * 1024;
 
 /// A map a generated program refers to, by handle.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MapSpec {
     pub handle: u32,
     pub name: String,

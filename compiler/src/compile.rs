@@ -75,7 +75,7 @@ pub struct CompiledProgram {
 }
 
 /// A map only one program uses, and what the loader puts into it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LocalMap {
     pub spec: codegen::MapSpec,
     pub entries: MapEntries,
@@ -161,8 +161,10 @@ pub fn compile_ir(ir: Ir) -> Result<Compiled> {
 pub fn compile_ir_with(ir: Ir, options: Options) -> Result<Compiled> {
     let mut rules = RuleTable::default();
     let mut programs: Vec<CompiledProgram> = Vec::new();
-    type DedupeKey = (Direction, u8, Vec<Vec<u8>>, Vec<(String, MapEntries)>);
-    let mut by_bytes: BTreeMap<DedupeKey, usize> = BTreeMap::new();
+    // Programs equal in code and local maps are one program. The key holds the maps' hash
+    // (their entries can be large); equal keys are compared in full.
+    type DedupeKey = (Direction, u8, Vec<Vec<u8>>, u64);
+    let mut by_bytes: BTreeMap<DedupeKey, Vec<usize>> = BTreeMap::new();
     let mut shapes = ShapeMemo::default();
     for (ep_index, ep) in ir.endpoints.iter().enumerate() {
         for family in families(ep) {
@@ -185,13 +187,20 @@ pub fn compile_ir_with(ir: Ir, options: Options) -> Result<Compiled> {
                 let bytes = program.try_to_bytes().map_err(Error::other)?;
                 parts.push(Part { program, bytes });
             }
+            let maps_hash = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                local_maps.hash(&mut h);
+                h.finish()
+            };
             let key = (
                 ep.direction,
                 family.number(),
                 parts.iter().map(|p| p.bytes.clone()).collect(),
-                local_maps.iter().map(|m| (format!("{:?}", m.spec), m.entries.clone())).collect(),
+                maps_hash,
             );
-            if let Some(&i) = by_bytes.get(&key) {
+            let same = by_bytes.get(&key).into_iter().flatten().copied();
+            if let Some(i) = same.clone().find(|&i| programs[i].local_maps == local_maps) {
                 programs[i].endpoints.push(ep.endpoint.clone());
                 shapes.insert(ep_index, shape, i);
                 continue;
@@ -206,7 +215,7 @@ pub fn compile_ir_with(ir: Ir, options: Options) -> Result<Compiled> {
                 .collect();
             let worst_case = chained_worst_case(&parts, &generated.next_parts, &inlined)
                 .map_err(|e| Error::other(format!("{}: CFG analysis: {e}", what())))?;
-            by_bytes.insert(key, programs.len());
+            by_bytes.entry(key).or_default().push(programs.len());
             shapes.insert(ep_index, shape, programs.len());
             programs.push(CompiledProgram {
                 endpoints: vec![ep.endpoint.clone()],
@@ -258,6 +267,7 @@ fn generate_one(
                 .classes
                 .into_iter()
                 .chain(o.pairs)
+                .chain(o.port_maps)
                 .map(|(spec, entries)| LocalMap { spec, entries })
                 .collect();
             let g = codegen::Generated { parts: vec![o.program], next_parts: vec![vec![]] };

@@ -38,6 +38,9 @@ pub const MAX_TIERS: usize = 20;
 /// Most (address class, port class) pairs of the both-constrained table compiled to code;
 /// a larger table goes into a hash map (one more lookup).
 pub const MAX_CODE_PAIRS: usize = 8_000;
+/// Most port classes searched by a branch tree in code (about 2 instructions per class plus
+/// 2 per port-only tier); past it the destination port indexes an array map.
+pub const MAX_CODE_PORT_LEAVES: usize = 2_000;
 /// Most pairs in the hash map (each entry costs about 50 bytes plus 8 per tier of kernel
 /// memory).
 pub const MAX_PAIRS: usize = 300_000;
@@ -52,6 +55,8 @@ pub const MAX_CODE_PAIR_WALK: usize = 400_000;
 /// An -O2 program and the contents of its own maps.
 #[derive(Debug, Clone)]
 pub struct Optimised {
+    /// The port array and its rows (programs with too many port classes for code).
+    pub port_maps: Vec<(MapSpec, crate::compile::MapEntries)>,
     pub program: Program,
     /// The LPM map of address classes (`map::CLASSES`), if the program has one.
     pub classes: Option<(MapSpec, crate::compile::MapEntries)>,
@@ -112,11 +117,14 @@ struct FlatRule {
 pub struct Tuning {
     /// Pair tables up to this size are compiled to code, larger ones go to a hash map.
     pub max_code_pairs: usize,
+    /// Port trees up to this many leaves are compiled to code; with more, the port of a
+    /// TCP, UDP or SCTP flow finds its row in two array maps (inlined lookups).
+    pub max_code_port_leaves: usize,
 }
 
 impl Default for Tuning {
     fn default() -> Tuning {
-        Tuning { max_code_pairs: MAX_CODE_PAIRS }
+        Tuning { max_code_pairs: MAX_CODE_PAIRS, max_code_port_leaves: MAX_CODE_PORT_LEAVES }
     }
 }
 
@@ -130,7 +138,7 @@ pub fn generate(
 ) -> Result<Result<Optimised, Fallback>, crate::asm::AsmError> {
     match generate_with(ep, family, rules, tuning)? {
         Err(Fallback(why)) if why.contains(PAIRS_IN_CODE) && tuning.max_code_pairs > 0 => {
-            generate_with(ep, family, rules, Tuning { max_code_pairs: 0 })
+            generate_with(ep, family, rules, Tuning { max_code_pairs: 0, ..tuning })
         }
         other => Ok(other),
     }
@@ -229,9 +237,12 @@ fn generate_with(
     // partition of the rules constrained on both sides only.
     let port_rules: Vec<&FlatRule> = flat.iter().filter(|r| r.port_dependent).collect();
     let tree = ctx.build_port_tree(&port_rules);
+    // Many port classes: TCP, UDP and SCTP find their row through the port array instead
+    // (rows with a source-port condition have no array: they stay in code).
+    let port_map = tree.leaves.len() > tuning.max_code_port_leaves && tree.sports.len() == 1;
     // The tree's search has a compare per inner node and at least one instruction per
     // leaf: past half the budget it cannot fit, whatever follows (fail before the pairs).
-    if tree.leaves.len() > MAX_SLOTS / 2 {
+    if tree.leaves.len() > MAX_SLOTS / 2 && !port_map {
         return fallback(format!(
             "{} port classes: the port tree alone exceeds {MAX_SLOTS} instructions",
             tree.leaves.len()
@@ -297,16 +308,22 @@ fn generate_with(
         } else {
             ctx.class_members(r).into_iter().filter(|&c| before_f(c)).collect()
         };
+        // Coupled rules are checked per address class; the others per pair class (fewer).
+        let targets: Vec<u32> = if r.coupled {
+            members.iter().map(|&c| c as u32).collect()
+        } else {
+            let pcs: BTreeSet<u32> = members.iter().map(|&c| pair_class[c]).collect();
+            pcs.into_iter().collect()
+        };
         // Cheap upper bound first: the exact table is at most this big.
-        let pcs = members.iter().map(|&c| pair_class[c]).collect::<BTreeSet<u32>>().len();
-        estimate += pcs * qs.len();
+        estimate += targets.len() * qs.len();
         if estimate > 8 * MAX_PAIRS {
             return fallback(format!("more than {MAX_PAIRS} address x port pairs (estimate)"));
         }
-        cells.push((qs, members));
+        cells.push((qs, targets));
     }
     let mut h: BTreeMap<(u32, u32), Vec<u64>> = BTreeMap::new();
-    for (r, (qs, members)) in pair_rules.iter().zip(&cells) {
+    for (r, (qs, targets)) in pair_rules.iter().zip(&cells) {
         let mut add = |pc: u32, hq: usize| -> bool {
             let row = h.entry((pc, hq as u32)).or_insert_with(|| vec![END; tiers]);
             if row[r.tier] == END {
@@ -315,7 +332,8 @@ fn generate_with(
             h.len() <= MAX_PAIRS
         };
         if r.coupled {
-            for &c in members {
+            for &c in targets {
+                let c = c as usize;
                 let Some(rep) = ctx.classes[c].rep else { continue };
                 for &hq in qs {
                     if ctx.port_side_matches(r, &pair_tree.leaves[hq], rep)
@@ -326,8 +344,7 @@ fn generate_with(
                 }
             }
         } else {
-            let pcs: BTreeSet<u32> = members.iter().map(|&c| pair_class[c]).collect();
-            for pc in pcs {
+            for &pc in targets {
                 for &hq in qs {
                     if !add(pc, hq) {
                         return fallback(format!("more than {MAX_PAIRS} address x port pairs"));
@@ -417,6 +434,13 @@ fn generate_with(
     let any_g = tier_has_g.iter().any(|&b| b);
     let any_h = tier_has_h.iter().any(|&b| b);
     let mut port_leaves = 0usize;
+    let port_rows = (port_map && (any_g || any_h)).then(|| {
+        PortRows::new(&tree, |q| {
+            let mut row = (if any_h { pair_q[q] } else { 0 } as u64).to_ne_bytes().to_vec();
+            row.extend(g[q].iter().flat_map(|v| v.to_ne_bytes()));
+            row
+        })
+    });
     if any_g || any_h {
         a.comment("no port-only or pair rule matched yet");
         a.push(Insn::ld_imm64(Reg::R1, END));
@@ -437,19 +461,50 @@ fn generate_with(
             }
             c
         };
-        tree.emit(&mut a, done, &content, &mut |a, q| {
-            port_leaves += 1;
-            for (t, &v) in g[q].iter().enumerate() {
-                if v != END {
-                    a.comment(format!("G[{t}] = rule id {}", v >> 2 & 0x3fff_ffff));
-                    store_value(a, g_slot(t), v);
+        if let Some(pm) = &port_rows {
+            // Every leaf, in code or in the port array, names its row; the row holds G and
+            // the pair port class.
+            let mut search = |a: &mut Asm, p: usize| {
+                let slot = pm.protocols.iter().position(|&mp| mp == p).unwrap_or(0) as i32;
+                a.comment(format!("protocol {}: port row from the port array", tree.kind(p)));
+                a.push(Insn::ldx(Size::H, Reg::R2, STATE, abi::FLOW_DST_PORT as i16));
+                if slot > 0 {
+                    a.push(Insn::alu64(AluOp::Add, Reg::R2, slot << 16));
                 }
+                lookup_u32(a, Reg::R2, map::PORTS, fail);
+                a.push(Insn::ldx(Size::W, QREG, Reg::R0, 0));
+            };
+            tree.emit(&mut a, done, &content, Some(&mut search), &mut |a, q| {
+                port_leaves += 1;
+                a.push(Insn::mov64(QREG, pm.row_of[q] as i32));
+            });
+            // Rows leave nothing the verifier knows: one walk of what follows.
+            port_leaves = 1;
+            a.bind(done);
+            a.comment("the port row: G per tier, then the pair port class");
+            lookup_u32(&mut a, QREG, map::PORT_ROWS, fail);
+            for t in (0..tiers).filter(|&t| tier_has_g[t]) {
+                a.push(Insn::ldx(Size::DW, Reg::R1, Reg::R0, 8 + 8 * t as i16));
+                a.push(Insn::stx(Size::DW, Reg::R10, g_slot(t), Reg::R1));
             }
             if any_h {
-                a.push(Insn::mov64(QREG, pair_q[q] as i32));
+                a.push(Insn::ldx(Size::W, QREG, Reg::R0, 0));
             }
-        });
-        a.bind(done);
+        } else {
+            tree.emit(&mut a, done, &content, None, &mut |a, q| {
+                port_leaves += 1;
+                for (t, &v) in g[q].iter().enumerate() {
+                    if v != END {
+                        a.comment(format!("G[{t}] = rule id {}", v >> 2 & 0x3fff_ffff));
+                        store_value(a, g_slot(t), v);
+                    }
+                }
+                if any_h {
+                    a.push(Insn::mov64(QREG, pair_q[q] as i32));
+                }
+            });
+            a.bind(done);
+        }
     }
     let pairs_in_map = h.len() > tuning.max_code_pairs;
     if any_h && pairs_in_map {
@@ -629,7 +684,83 @@ fn generate_with(
         };
         (spec, entries)
     });
-    Ok(Ok(Optimised { program, classes, pairs }))
+    let port_maps = port_rows.map(|pm| pm.maps(tiers)).unwrap_or_default();
+    Ok(Ok(Optimised { program, classes, pairs, port_maps }))
+}
+
+/// `r0 = lookup(map[handle], (u32) key)` through the stack, to `fail` when absent.
+fn lookup_u32(a: &mut Asm, key: Reg, handle: u32, fail: Label) {
+    a.push(Insn::stx(Size::W, Reg::R10, STACK_U32_KEY, key));
+    a.push(Insn::mov64(Reg::R2, Reg::R10));
+    a.push(Insn::alu64(AluOp::Add, Reg::R2, STACK_U32_KEY as i32));
+    a.push(Insn::ld_map_fd(Reg::R1, handle));
+    a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
+    a.jump_if(Cond::Eq, Reg::R0, 0, fail);
+}
+
+/// The port array's contents: distinct leaf rows, and for TCP, UDP and SCTP (each a single
+/// protocol of the tree with ports, in protocol order: the array's slots) the row of every
+/// destination port.
+struct PortRows {
+    rows: Vec<Vec<u8>>,
+    row_of: Vec<u32>,
+    /// The protocol intervals of the tree the array serves, in slot order.
+    protocols: Vec<usize>,
+    /// Per slot, the row of each port.
+    slots: Vec<Vec<u32>>,
+}
+
+impl PortRows {
+    fn new(tree: &PortTree, row: impl Fn(usize) -> Vec<u8>) -> PortRows {
+        let mut ids: BTreeMap<Vec<u8>, u32> = BTreeMap::new();
+        let mut rows = Vec::new();
+        let row_of: Vec<u32> = (0..tree.leaves.len())
+            .map(|q| {
+                let r = row(q);
+                *ids.entry(r.clone()).or_insert_with(|| {
+                    rows.push(r);
+                    rows.len() as u32 - 1
+                })
+            })
+            .collect();
+        let protocols: Vec<usize> = (0..tree.protocols.len()).filter(|&p| tree.mapped(p)).collect();
+        let slots = (protocols.iter())
+            .map(|&p| {
+                (0..=u16::MAX as u32)
+                    .map(|port| {
+                        let x = interval_of(&tree.dports, port);
+                        tree.index.get(&(p, x, 0)).map_or(0, |&q| row_of[q])
+                    })
+                    .collect()
+            })
+            .collect();
+        PortRows { rows, row_of, protocols, slots }
+    }
+
+    fn maps(self, tiers: usize) -> Vec<(MapSpec, crate::compile::MapEntries)> {
+        let u32_key = |i: usize| (i as u32).to_ne_bytes().to_vec();
+        let ports: crate::compile::MapEntries = (self.slots.iter().flatten().enumerate())
+            .map(|(i, row)| (u32_key(i), row.to_ne_bytes().to_vec()))
+            .collect();
+        let rows: crate::compile::MapEntries =
+            self.rows.into_iter().enumerate().map(|(i, row)| (u32_key(i), row)).collect();
+        let array =
+            |handle, name: &str, value_size, entries: &crate::compile::MapEntries| MapSpec {
+                handle,
+                name: name.to_string(),
+                kind: MapKind::Array,
+                key_size: 4,
+                value_size,
+                max_entries: entries.len().max(1) as u32,
+                flags: 0,
+            };
+        let mut out = Vec::new();
+        if !ports.is_empty() {
+            out.push((array(map::PORTS, "polc_ports", 4, &ports), ports));
+        }
+        out.push((array(map::PORT_ROWS, "polc_portrows", 8 + 8 * tiers as u32, &rows), rows));
+        out
+    }
 }
 
 /// `*(u64 *)(r10 + slot) = v`, as two 32-bit stores.
@@ -711,6 +842,9 @@ struct Class {
     rep: Option<IpAddr>,
 }
 
+/// Emits the code of one leaf (or one protocol's search) of a branch tree.
+type LeafFn<'a> = &'a mut dyn FnMut(&mut Asm, usize);
+
 /// The representative of one port class.
 #[derive(Debug, Clone, Copy)]
 struct PortRep {
@@ -759,6 +893,12 @@ impl PortTree {
 
     fn is_single(&self, p: usize) -> bool {
         self.protocols.get(p + 1) == Some(&(self.protocols[p] + 1))
+    }
+
+    /// Whether protocol interval `p` is one protocol with ports searched by destination
+    /// port alone: what the port array can stand in for.
+    fn mapped(&self, p: usize) -> bool {
+        self.is_single(p) && proto::has_ports(self.kind(p)) && self.sports.len() == 1
     }
 
     /// The leaf whose class holds the flow `rep` stands for (`rep` from a finer tree).
@@ -841,6 +981,7 @@ impl PortTree {
         a: &mut Asm,
         done: Label,
         content: &dyn Fn(usize) -> Vec<u64>,
+        mut search: Option<LeafFn>,
         leaf: &mut dyn FnMut(&mut Asm, usize),
     ) {
         let port_or_icmp = |p: usize| {
@@ -888,6 +1029,10 @@ impl PortTree {
             let p = pfirst[pi];
             if !port_or_icmp(p) || uniform(p).is_some() {
                 leaf(a, first_leaf(p));
+                return;
+            }
+            if let Some(search) = search.as_mut().filter(|_| self.mapped(p)) {
+                search(a, p);
                 return;
             }
             let (xs, ys) = inner(p);

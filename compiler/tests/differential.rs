@@ -78,12 +78,19 @@ fn ports(c: &Compiled) -> Vec<u16> {
 /// number of flows checked.
 fn check(input: &str, engines: &mut usize) -> usize {
     let mut n = 0;
-    // -O0, -O2, and -O2 with every pair table in a hash map instead of code.
-    for (opt_level, max_code_pairs) in [(0, 0), (1, 0), (2, polc::opt::MAX_CODE_PAIRS), (2, 0)] {
-        let tuning = polc::opt::Tuning { max_code_pairs };
+    // -O0, -O1, -O2, -O2 with every pair table in a hash map instead of code, and -O2 with
+    // every port class found through the port array instead of a branch tree.
+    let (pairs, ports) = (polc::opt::MAX_CODE_PAIRS, polc::opt::MAX_CODE_PORT_LEAVES);
+    for (opt_level, max_code_pairs, max_code_port_leaves) in
+        [(0, 0, 0), (1, 0, 0), (2, pairs, ports), (2, 0, ports), (2, pairs, 0)]
+    {
+        let tuning = polc::opt::Tuning { max_code_pairs, max_code_port_leaves };
         let options = Options { opt_level, tuning, ..Options::default() };
         let compiled = compile_files_with(&[testdata(input)], options).unwrap();
-        let label = format!("{input} -O{opt_level} (pairs in code up to {max_code_pairs})");
+        let label = format!(
+            "{input} -O{opt_level} (pairs in code up to {max_code_pairs}, port leaves in code \
+             up to {max_code_port_leaves})"
+        );
         n += check_compiled(&label, &compiled, engines);
     }
     n

@@ -939,8 +939,8 @@ fn update_in_place(
     // The diff per map, computed before anything changes.
     let mut plans = Vec::new();
     for m in &desired.maps {
-        if !matches!(m.kind, MapKind::Hash | MapKind::LpmTrie) {
-            continue; // rule-hit counters: runtime data, kept
+        if matches!(m.kind, MapKind::PerCpuArray | MapKind::ProgArray) {
+            continue; // rule-hit counters and parts: runtime data, kept
         }
         let Some(fd) = bpffs::get_pinned(&dir.join(&m.name))? else { return Ok(None) };
         let current = map_entries(fd.as_fd())?;

@@ -40,7 +40,7 @@ pub enum UpdateFlags {
 }
 
 /// The map types polc uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MapKind {
     /// `BPF_MAP_TYPE_HASH`
     Hash,
