@@ -25,6 +25,10 @@ pub struct BenchArgs {
     /// Where the synthetic rules draw their ports from (`polc synth --ports`).
     #[arg(long, value_enum, default_value_t = PortMix::Random)]
     pub ports: PortMix,
+    /// Optimisation levels to measure (comma-separated; -O0 cannot compile 25k+ rules).
+    #[arg(long, value_delimiter = ',', default_values_t = [0u8, 1, 2],
+          value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub levels: Vec<u8>,
     #[arg(long = "output", value_enum, default_value = "text")]
     pub output: crate::compile::OutputFormat,
     /// Also write the results as an SVG chart (worst flow's ns and worst-case instructions
@@ -70,7 +74,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         });
         let cluster = crate::frontend::load_str("synth.yaml", &yaml)?;
         let ir = crate::lower::lower(&cluster);
-        for opt_level in [0u8, 1, 2] {
+        for &opt_level in &args.levels {
             let options = Options { opt_level, ..Options::default() };
             let compiled = compile_ir_with(ir.clone(), options)?;
             let index = compiled

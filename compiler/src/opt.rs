@@ -1275,9 +1275,17 @@ impl<'a> Context<'a> {
                 bits.iter_mut().zip(s).for_each(|(b, s)| *b &= !s);
             }
         }
-        (0..self.classes.len())
-            .filter(|&c| bits[c / 64] >> (c % 64) & 1 == 1 && self.classes[c].rep.is_some())
-            .collect()
+        let mut out = Vec::new();
+        for (w, mut word) in bits.into_iter().enumerate() {
+            while word != 0 {
+                let c = w * 64 + word.trailing_zeros() as usize;
+                word &= word - 1;
+                if self.classes.get(c).is_some_and(|class| class.rep.is_some()) {
+                    out.push(c);
+                }
+            }
+        }
+        out
     }
 
     /// Whether `r`'s port side (and coupled named ports, with the peer at `peer`) matches
@@ -1306,15 +1314,25 @@ impl<'a> Context<'a> {
             sets.extend(peer.in_sets.iter().chain(&peer.not_in_sets));
             named_hosts |= r.coupled;
         }
-        let mut ids: BTreeMap<(Vec<bool>, Option<Prefix>), u32> = BTreeMap::new();
-        (0..self.classes.len())
-            .map(|c| {
-                let inside: Vec<bool> = sets
-                    .iter()
-                    .map(|id| {
-                        self.set_classes.get(id).is_some_and(|b| b[c / 64] >> (c % 64) & 1 == 1)
-                    })
-                    .collect();
+        // Each class's signature: the sets (by position) holding it, built set by set from
+        // the sets' class bitsets (work in proportion to the memberships, not classes x sets).
+        let mut inside: Vec<Vec<u32>> = vec![Vec::new(); self.classes.len()];
+        for (i, bits) in sets.iter().filter_map(|id| self.set_classes.get(id)).enumerate() {
+            for (w, &word) in bits.iter().enumerate() {
+                let mut word = word;
+                while word != 0 {
+                    let c = w * 64 + word.trailing_zeros() as usize;
+                    word &= word - 1;
+                    if let Some(list) = inside.get_mut(c) {
+                        list.push(i as u32);
+                    }
+                }
+            }
+        }
+        let mut ids: std::collections::HashMap<(Vec<u32>, Option<Prefix>), u32> =
+            std::collections::HashMap::new();
+        (inside.into_iter().enumerate())
+            .map(|(c, inside)| {
                 // A named-port host is its own class (its ports are its own).
                 let host =
                     self.classes[c].prefix.filter(|p| named_hosts && p.len() == self.family.bits());

@@ -1709,3 +1709,50 @@ fn relabelling_a_pod_elsewhere_updates_maps_in_place() {
         (true.into(), 0.into())
     );
 }
+
+/// A policy with more port classes than a branch tree holds (-O2 finds them in the
+/// program's port array): moving its one allowed service port from 8080 to 8081 leaves
+/// the code as it was, so attach updates in place, and the port array is policy too.
+#[test]
+fn a_port_change_in_a_port_array_program_updates_it_in_place() {
+    require_kernel!();
+    if !netns_ready() {
+        return;
+    }
+    let topo = Topology::new(&["client", "server"]);
+    let (client, server) = (topo.pod("client"), topo.pod("server"));
+    tcp_echo_server(server, 8080);
+    let dir = topo.files.clone();
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let file = dir.join("cluster.yaml");
+    // 1,200 spaced ports: 2,400 port classes for TCP alone.
+    let many: Vec<String> = (0..1200).map(|i| (20000 + 2 * i).to_string()).collect();
+    let write = |port: u16| {
+        let policy = format!(
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\n\
+             metadata: {{name: server-ingress, namespace: e2e}}\nspec:\n  \
+             selector: app == 'server'\n  types: [Ingress]\n  ingress:\n  - action: Allow\n    \
+             protocol: TCP\n    source: {{selector: app == 'client'}}\n    \
+             destination: {{ports: [{port}, {}]}}\n",
+            many.join(", ")
+        );
+        std::fs::write(&file, format!("{}---\n{policy}", topo.pods_yaml())).expect("write");
+    };
+    let attach = || {
+        let f = file.display().to_string();
+        let eps =
+            [format!("e2e/client={}", client.ifname), format!("e2e/server={}", server.ifname)];
+        let args = ["attach", "-f", &f, "--pin-path", topo.pin(), "--output", "json"];
+        let mut args: Vec<&str> = args.to_vec();
+        args.extend(["--endpoint", &eps[0], "--endpoint", &eps[1]]);
+        serde_json::from_str::<serde_json::Value>(&polc_ok(&topo.node, &args)).expect("json")
+    };
+    write(8080);
+    let r1 = attach();
+    assert!(tcp_ok(client, server, 8080), "8080 allowed: {r1}");
+    write(8081);
+    let r2 = attach();
+    assert_eq!(r2["in_place"], true, "same code, new port array: {r2}");
+    assert!(r2["map_entries_changed"].as_u64().is_some_and(|n| n >= 1), "{r2}");
+    assert!(!tcp_ok(client, server, 8080), "8080 is not allowed any more: {r2}");
+}
