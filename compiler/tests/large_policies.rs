@@ -146,7 +146,10 @@ fn large_sets_stay_optimised_and_agree_with_the_evaluator() {
     for (ports, rules) in [(PortMix::Services, 10_000), (PortMix::Random, 1_000)] {
         let yaml = cluster_yaml(Spec { rules, pods: 50, seed: 42, ports, ..Spec::default() });
         let cluster = polc::frontend::load_str("synth.yaml", &yaml).unwrap();
-        let ir = polc::lower::lower(&cluster);
+        let mut ir = polc::lower::lower(&cluster);
+        // The target and one other pod (whose programs have only the security and
+        // platform tiers, with their pair table in code): all the others are alike.
+        ir.endpoints.retain(|e| e.endpoint == TARGET || e.endpoint == "bench/pod-0");
         let compiled = compile_ir_with(ir, Options::default()).unwrap();
         let index = compiled
             .programs
