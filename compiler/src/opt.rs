@@ -294,7 +294,9 @@ fn generate_with(
         }
     }
     // For each pair rule, the pair port classes and address classes where it may decide.
-    let mut cells = Vec::with_capacity(pair_rules.len());
+    // One pass in rule order: a cell's first rule per tier is its value. The running
+    // estimate (an upper bound on the table) stops a hopeless table early.
+    let mut h: BTreeMap<(u32, u32), Vec<u64>> = BTreeMap::new();
     let mut estimate = 0usize;
     for r in &pair_rules {
         let t = r.tier;
@@ -303,11 +305,11 @@ fn generate_with(
             .filter(|&hq| r.value < g_latest[hq][t])
             .filter(|&hq| r.coupled || ctx.port_side_matches(r, &pair_tree.leaves[hq], ctx.own))
             .collect();
-        let members: Vec<usize> = if qs.is_empty() {
-            Vec::new()
-        } else {
-            ctx.class_members(r).into_iter().filter(|&c| before_f(c)).collect()
-        };
+        if qs.is_empty() {
+            continue;
+        }
+        let members: Vec<usize> =
+            ctx.class_members(r).into_iter().filter(|&c| before_f(c)).collect();
         // Coupled rules are checked per address class; the others per pair class (fewer).
         let targets: Vec<u32> = if r.coupled {
             members.iter().map(|&c| c as u32).collect()
@@ -315,40 +317,28 @@ fn generate_with(
             let pcs: BTreeSet<u32> = members.iter().map(|&c| pair_class[c]).collect();
             pcs.into_iter().collect()
         };
-        // Cheap upper bound first: the exact table is at most this big.
         estimate += targets.len() * qs.len();
         if estimate > 8 * MAX_PAIRS {
             return fallback(format!("more than {MAX_PAIRS} address x port pairs (estimate)"));
         }
-        cells.push((qs, targets));
-    }
-    let mut h: BTreeMap<(u32, u32), Vec<u64>> = BTreeMap::new();
-    for (r, (qs, targets)) in pair_rules.iter().zip(&cells) {
         let mut add = |pc: u32, hq: usize| -> bool {
             let row = h.entry((pc, hq as u32)).or_insert_with(|| vec![END; tiers]);
-            if row[r.tier] == END {
-                row[r.tier] = r.value;
+            if row[t] == END {
+                row[t] = r.value;
             }
             h.len() <= MAX_PAIRS
         };
-        if r.coupled {
-            for &c in targets {
-                let c = c as usize;
-                let Some(rep) = ctx.classes[c].rep else { continue };
-                for &hq in qs {
-                    if ctx.port_side_matches(r, &pair_tree.leaves[hq], rep)
-                        && !add(pair_class[c], hq)
-                    {
-                        return fallback(format!("more than {MAX_PAIRS} address x port pairs"));
-                    }
-                }
-            }
-        } else {
-            for &pc in targets {
-                for &hq in qs {
-                    if !add(pc, hq) {
-                        return fallback(format!("more than {MAX_PAIRS} address x port pairs"));
-                    }
+        for &target in &targets {
+            for &hq in &qs {
+                let added = if r.coupled {
+                    let c = target as usize;
+                    let Some(rep) = ctx.classes[c].rep else { break };
+                    !ctx.port_side_matches(r, &pair_tree.leaves[hq], rep) || add(pair_class[c], hq)
+                } else {
+                    add(target, hq)
+                };
+                if !added {
+                    return fallback(format!("more than {MAX_PAIRS} address x port pairs"));
                 }
             }
         }
@@ -842,6 +832,27 @@ struct Class {
     rep: Option<IpAddr>,
 }
 
+/// Hashing for u32 ids (group numbers): one multiplication instead of SipHash, which
+/// dominated the partition refinement's time.
+type IdHash = std::hash::BuildHasherDefault<IdHasher>;
+
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.0 = (self.0 ^ u64::from(v)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 /// Emits the code of one leaf (or one protocol's search) of a branch tree.
 type LeafFn<'a> = &'a mut dyn FnMut(&mut Asm, usize);
 
@@ -1314,30 +1325,43 @@ impl<'a> Context<'a> {
             sets.extend(peer.in_sets.iter().chain(&peer.not_in_sets));
             named_hosts |= r.coupled;
         }
-        // Each class's signature: the sets (by position) holding it, built set by set from
-        // the sets' class bitsets (work in proportion to the memberships, not classes x sets).
-        let mut inside: Vec<Vec<u32>> = vec![Vec::new(); self.classes.len()];
-        for (i, bits) in sets.iter().filter_map(|id| self.set_classes.get(id)).enumerate() {
-            for (w, &word) in bits.iter().enumerate() {
+        // Partition refinement: start with the named-port hosts alone (their ports are
+        // their own) and everything else together, then split every group by each set.
+        // Classes end in one group iff the same sets hold them; the work is one step per
+        // membership, the memory one word per class.
+        let n = self.classes.len();
+        let bits = self.family.bits();
+        let mut group: Vec<u32> = vec![0; n];
+        let mut next = 1u32;
+        for (c, g) in group.iter_mut().enumerate() {
+            if named_hosts && self.classes[c].prefix.is_some_and(|p| p.len() == bits) {
+                *g = next;
+                next += 1;
+            }
+        }
+        for set in sets.iter().filter_map(|id| self.set_classes.get(id)) {
+            let mut split: std::collections::HashMap<u32, u32, IdHash> = Default::default();
+            for (w, &word) in set.iter().enumerate() {
                 let mut word = word;
                 while word != 0 {
                     let c = w * 64 + word.trailing_zeros() as usize;
                     word &= word - 1;
-                    if let Some(list) = inside.get_mut(c) {
-                        list.push(i as u32);
+                    if let Some(g) = group.get_mut(c) {
+                        *g = *split.entry(*g).or_insert_with(|| {
+                            next += 1;
+                            next - 1
+                        });
                     }
                 }
             }
         }
-        let mut ids: std::collections::HashMap<(Vec<u32>, Option<Prefix>), u32> =
-            std::collections::HashMap::new();
-        (inside.into_iter().enumerate())
-            .map(|(c, inside)| {
-                // A named-port host is its own class (its ports are its own).
-                let host =
-                    self.classes[c].prefix.filter(|p| named_hosts && p.len() == self.family.bits());
-                let next = ids.len() as u32;
-                *ids.entry((inside, host)).or_insert(next)
+        // Numbered in order of first appearance.
+        let mut ids: std::collections::HashMap<u32, u32, IdHash> = Default::default();
+        group
+            .into_iter()
+            .map(|g| {
+                let k = ids.len() as u32;
+                *ids.entry(g).or_insert(k)
             })
             .collect()
     }
