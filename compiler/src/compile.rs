@@ -326,13 +326,27 @@ struct Shaped {
 }
 
 /// The own addresses of `family`, and how they relate to the policy's sets: membership in
-/// every IP set, and the named ports they carry in every port set.
+/// every IP set a rule tests on the endpoint's own side (the only sets whose tests fold to
+/// constants; peer-side tests look the peer up whoever the endpoint is), and the named
+/// ports they carry in every port set.
 fn own_relation(ep: &EndpointPolicy, family: Family) -> (usize, Vec<u8>) {
     let own: Vec<std::net::IpAddr> =
         ep.addresses.iter().copied().filter(|a| Family::of(a) == family).collect();
+    let mut own_side = std::collections::BTreeSet::new();
+    for rule in ep.tiers.iter().flat_map(|t| &t.policies).flat_map(|p| &p.rules) {
+        let end = match ep.direction {
+            Direction::Ingress => &rule.matches.dst,
+            Direction::Egress => &rule.matches.src,
+        };
+        own_side.extend(end.in_sets.iter().chain(&end.not_in_sets).copied());
+    }
     let mut rel = Vec::new();
     for a in &own {
-        rel.extend(ep.ip_sets.iter().map(|s| u8::from(s.contains(a))));
+        rel.extend(
+            (ep.ip_sets.iter())
+                .filter(|s| own_side.contains(&s.id))
+                .map(|s| u8::from(s.contains(a))),
+        );
         for ps in &ep.port_sets {
             for m in ps.members.iter().filter(|m| m.addr == *a) {
                 rel.push(2);
