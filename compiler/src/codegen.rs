@@ -45,6 +45,10 @@ pub mod map {
     pub const PORTS: u32 = 9;
     /// The program's own array: port row -> (pair port class, first port-only rule per tier).
     pub const PORT_ROWS: u32 = 10;
+    /// The program's own array: pair row x port pair class -> pair value index (-O2).
+    pub const PAIR_CELLS: u32 = 11;
+    /// The program's own array: pair value index -> first pair rule per tier (-O2).
+    pub const PAIR_VALUES: u32 = 12;
 }
 
 /// Shortest run of same-protocol rules worth a protocol guard (the guard costs two

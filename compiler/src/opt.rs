@@ -41,6 +41,8 @@ pub const MAX_CODE_PAIRS: usize = 8_000;
 /// Most port classes searched by a branch tree in code (about 2 instructions per class plus
 /// 2 per port-only tier); past it the destination port indexes an array map.
 pub const MAX_CODE_PORT_LEAVES: usize = 2_000;
+/// Most cells of the pair grid (distinct pair rows x port pair classes, 4 bytes each).
+pub const MAX_PAIR_CELLS: usize = 262_144;
 /// Most pairs in the hash map (each entry costs about 50 bytes plus 8 per tier of kernel
 /// memory).
 pub const MAX_PAIRS: usize = 300_000;
@@ -120,11 +122,18 @@ pub struct Tuning {
     /// Port trees up to this many leaves are compiled to code; with more, the port of a
     /// TCP, UDP or SCTP flow finds its row in two array maps (inlined lookups).
     pub max_code_port_leaves: usize,
+    /// Pair tables not in code go into two arrays (inlined lookups) when their grid of
+    /// distinct rows x port pair classes has at most this many cells, else a hash map.
+    pub max_pair_cells: usize,
 }
 
 impl Default for Tuning {
     fn default() -> Tuning {
-        Tuning { max_code_pairs: MAX_CODE_PAIRS, max_code_port_leaves: MAX_CODE_PORT_LEAVES }
+        Tuning {
+            max_code_pairs: MAX_CODE_PAIRS,
+            max_code_port_leaves: MAX_CODE_PORT_LEAVES,
+            max_pair_cells: MAX_PAIR_CELLS,
+        }
     }
 }
 
@@ -497,7 +506,28 @@ fn generate_with(
         }
     }
     let pairs_in_map = h.len() > tuning.max_code_pairs;
-    if any_h && pairs_in_map {
+    let grid = (any_h && pairs_in_map)
+        .then(|| PairGrid::new(&h, npairclasses, pair_tree.leaves.len(), tiers, tuning))
+        .flatten();
+    if let Some(grid) = &grid {
+        a.comment(format!(
+            "address x port pairs: first rule constrained on both ({} pairs in {} rows: \
+             cell = row of the address's pair class x {} + port pair class; two arrays)",
+            h.len(),
+            grid.cells.len() / grid.npq.max(1),
+            grid.npq
+        ));
+        a.push(Insn::ldx(Size::W, Reg::R1, CLASS, 0));
+        a.push(Insn::alu64(AluOp::Mul, Reg::R1, grid.npq as i32));
+        a.push(Insn::alu64(AluOp::Add, Reg::R1, QREG));
+        lookup_u32(&mut a, Reg::R1, map::PAIR_CELLS, fail);
+        a.push(Insn::ldx(Size::W, Reg::R1, Reg::R0, 0));
+        lookup_u32(&mut a, Reg::R1, map::PAIR_VALUES, fail);
+        for (t, _) in tier_has_h.iter().enumerate().filter(|(_, &has)| has) {
+            a.push(Insn::ldx(Size::DW, Reg::R1, Reg::R0, 8 * t as i16));
+            a.push(Insn::stx(Size::DW, Reg::R10, h_slot(t), Reg::R1));
+        }
+    } else if any_h && pairs_in_map {
         let done = a.label();
         a.comment(format!(
             "address x port pairs: first rule constrained on both ({} pairs: hash lookup)",
@@ -636,7 +666,12 @@ fn generate_with(
                 IpAddr::V4(v) => key.extend_from_slice(&v.octets()),
                 IpAddr::V6(v) => key.extend_from_slice(&v.octets()),
             }
-            let mut value = pair_class[c].to_ne_bytes().to_vec();
+            // The pair lookups' first word: the pair class, or its row in the pair grid.
+            let pair = match &grid {
+                Some(g) => g.row_of[pair_class[c] as usize],
+                None => pair_class[c],
+            };
+            let mut value = pair.to_ne_bytes().to_vec();
             value.extend_from_slice(&[0; 4]);
             for v in &f[c] {
                 value.extend_from_slice(&v.to_ne_bytes());
@@ -654,7 +689,7 @@ fn generate_with(
         };
         (spec, entries)
     });
-    let pairs = (any_h && pairs_in_map).then(|| {
+    let pairs = (any_h && pairs_in_map && grid.is_none()).then(|| {
         let entries: crate::compile::MapEntries = h
             .iter()
             .map(|(&(c, q), row)| {
@@ -674,8 +709,99 @@ fn generate_with(
         };
         (spec, entries)
     });
-    let port_maps = port_rows.map(|pm| pm.maps(tiers)).unwrap_or_default();
+    let mut port_maps = port_rows.map(|pm| pm.maps(tiers)).unwrap_or_default();
+    port_maps.extend(grid.map(|g| g.maps(tiers)).unwrap_or_default());
     Ok(Ok(Optimised { program, classes, pairs, port_maps }))
+}
+
+/// The pair table as two arrays the verifier inlines: pair classes with equal rows (the
+/// same value for every port pair class) share a row, so the grid is distinct rows x port
+/// pair classes; a cell holds an index into the distinct values (0: no pair rule).
+struct PairGrid {
+    /// The row of each pair class (row 0: no pair rule anywhere).
+    row_of: Vec<u32>,
+    /// Row-major cells, `npq` per row.
+    cells: Vec<u32>,
+    npq: usize,
+    /// Value index -> first pair rule per tier (index 0: none in any tier).
+    values: Vec<Vec<u64>>,
+}
+
+impl PairGrid {
+    /// The grid of `h`, or None when it has more cells than `tuning` allows.
+    fn new(
+        h: &BTreeMap<(u32, u32), Vec<u64>>,
+        npc: usize,
+        npq: usize,
+        tiers: usize,
+        tuning: Tuning,
+    ) -> Option<PairGrid> {
+        let mut values = vec![vec![END; tiers]];
+        let mut value_ids: BTreeMap<&Vec<u64>, u32> = BTreeMap::new();
+        // Each pair class's sparse row: (port pair class, value index), in order.
+        let mut sparse: Vec<Vec<(u32, u32)>> = vec![Vec::new(); npc];
+        for (&(pc, hq), row) in h {
+            let id = *value_ids.entry(row).or_insert_with(|| {
+                values.push(row.clone());
+                values.len() as u32 - 1
+            });
+            if let Some(r) = sparse.get_mut(pc as usize) {
+                r.push((hq, id));
+            }
+        }
+        let mut row_ids: BTreeMap<&Vec<(u32, u32)>, u32> = BTreeMap::new();
+        let empty = Vec::new();
+        row_ids.insert(&empty, 0);
+        let mut rows: Vec<&Vec<(u32, u32)>> = vec![&empty];
+        let row_of: Vec<u32> = (sparse.iter())
+            .map(|r| {
+                *row_ids.entry(r).or_insert_with(|| {
+                    rows.push(r);
+                    rows.len() as u32 - 1
+                })
+            })
+            .collect();
+        if rows.len().saturating_mul(npq) > tuning.max_pair_cells {
+            return None;
+        }
+        let mut cells = vec![0u32; rows.len() * npq];
+        for (id, row) in rows.iter().enumerate() {
+            for &(hq, v) in row.iter() {
+                if let Some(cell) = cells.get_mut(id * npq + hq as usize) {
+                    *cell = v;
+                }
+            }
+        }
+        Some(PairGrid { row_of, cells, npq, values })
+    }
+
+    fn maps(self, tiers: usize) -> Vec<(MapSpec, crate::compile::MapEntries)> {
+        let u32_key = |i: usize| (i as u32).to_ne_bytes().to_vec();
+        let cells: crate::compile::MapEntries = (self.cells.iter().enumerate())
+            .map(|(i, v)| (u32_key(i), v.to_ne_bytes().to_vec()))
+            .collect();
+        let values: crate::compile::MapEntries = (self.values.iter().enumerate())
+            .map(|(i, row)| (u32_key(i), row.iter().flat_map(|v| v.to_ne_bytes()).collect()))
+            .collect();
+        let value_size = 8 * tiers as u32;
+        vec![
+            (array_spec(map::PAIR_CELLS, "polc_paircells", 4, cells.len()), cells),
+            (array_spec(map::PAIR_VALUES, "polc_pairvalues", value_size, values.len()), values),
+        ]
+    }
+}
+
+/// A per-program array map of `entries` values, keyed by a u32 index.
+fn array_spec(handle: u32, name: &str, value_size: u32, entries: usize) -> MapSpec {
+    MapSpec {
+        handle,
+        name: name.to_string(),
+        kind: MapKind::Array,
+        key_size: 4,
+        value_size,
+        max_entries: entries.max(1) as u32,
+        flags: 0,
+    }
 }
 
 /// `r0 = lookup(map[handle], (u32) key)` through the stack, to `fail` when absent.
@@ -734,21 +860,12 @@ impl PortRows {
             .collect();
         let rows: crate::compile::MapEntries =
             self.rows.into_iter().enumerate().map(|(i, row)| (u32_key(i), row)).collect();
-        let array =
-            |handle, name: &str, value_size, entries: &crate::compile::MapEntries| MapSpec {
-                handle,
-                name: name.to_string(),
-                kind: MapKind::Array,
-                key_size: 4,
-                value_size,
-                max_entries: entries.len().max(1) as u32,
-                flags: 0,
-            };
         let mut out = Vec::new();
         if !ports.is_empty() {
-            out.push((array(map::PORTS, "polc_ports", 4, &ports), ports));
+            out.push((array_spec(map::PORTS, "polc_ports", 4, ports.len()), ports));
         }
-        out.push((array(map::PORT_ROWS, "polc_portrows", 8 + 8 * tiers as u32, &rows), rows));
+        let row_size = 8 + 8 * tiers as u32;
+        out.push((array_spec(map::PORT_ROWS, "polc_portrows", row_size, rows.len()), rows));
         out
     }
 }
