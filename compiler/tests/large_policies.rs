@@ -14,6 +14,13 @@ use polc::synth::{cluster_yaml, PortMix, Spec, TARGET, TARGET_IP};
 use polc_ir::{evaluate, proto, Direction, Family, Flow};
 use std::net::IpAddr;
 
+/// Index of the target's ingress program.
+fn target_program(compiled: &polc::compile::Compiled) -> usize {
+    (compiled.programs.iter())
+        .position(|p| p.direction == Direction::Ingress && p.endpoints.iter().any(|e| e == TARGET))
+        .expect("a program for the target")
+}
+
 fn sizes() -> Vec<usize> {
     match std::env::var("POLC_LARGE_RULES") {
         Ok(v) => v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
@@ -41,13 +48,7 @@ fn large_policy_sets_load_and_agree_with_the_evaluator() {
                 continue;
             }
         };
-        let index = compiled
-            .programs
-            .iter()
-            .position(|p| {
-                p.direction == Direction::Ingress && p.endpoints.iter().any(|e| e == TARGET)
-            })
-            .unwrap();
+        let index = target_program(&compiled);
         let p = &compiled.programs[index];
         let start = std::time::Instant::now();
         let engine = KernelEngine::new(&compiled, Family::V4)
@@ -151,13 +152,7 @@ fn large_sets_stay_optimised_and_agree_with_the_evaluator() {
         // platform tiers, with their pair table in code): all the others are alike.
         ir.endpoints.retain(|e| e.endpoint == TARGET || e.endpoint == "bench/pod-0");
         let compiled = compile_ir_with(ir, Options::default()).unwrap();
-        let index = compiled
-            .programs
-            .iter()
-            .position(|p| {
-                p.direction == Direction::Ingress && p.endpoints.iter().any(|e| e == TARGET)
-            })
-            .unwrap();
+        let index = target_program(&compiled);
         let p = &compiled.programs[index];
         let label = format!("{rules} rules, {ports:?} ports");
         assert_eq!(p.opt_level, 2, "{label}: fell back: {:?}", p.fallback);
