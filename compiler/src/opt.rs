@@ -302,7 +302,6 @@ fn generate_with(
             *latest = (*latest).max(v);
         }
     }
-    // For each pair rule, the pair port classes and address classes where it may decide.
     // One pass in rule order: a cell's first rule per tier is its value. The running
     // estimate (an upper bound on the table) stops a hopeless table early.
     let mut h: BTreeMap<(u32, u32), Vec<u64>> = BTreeMap::new();
