@@ -78,11 +78,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             let options = Options { opt_level, ..Options::default() };
             let compiled = compile_ir_with(ir.clone(), options)?;
             let index = compiled
-                .programs
-                .iter()
-                .position(|p| {
-                    p.direction == Direction::Ingress && p.endpoints.iter().any(|e| e == TARGET)
-                })
+                .program_index(TARGET, Direction::Ingress, Family::V4)
                 .ok_or_else(|| Error::other("no program for the target"))?;
             let p = &compiled.programs[index];
             let engine = KernelEngine::new(&compiled, Family::V4)?;

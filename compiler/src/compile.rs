@@ -103,6 +103,20 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    /// The index of the program serving `endpoint` in `direction` for `family`.
+    pub fn program_index(
+        &self,
+        endpoint: &str,
+        direction: Direction,
+        family: Family,
+    ) -> Option<usize> {
+        self.programs.iter().position(|p| {
+            p.direction == direction
+                && p.family == family
+                && p.endpoints.iter().any(|e| e == endpoint)
+        })
+    }
+
     /// The map definitions every program of `family` refers to, sized for this compile.
     pub fn map_specs(&self, family: Family) -> Vec<codegen::MapSpec> {
         let ipsets = self.ipset_entries.get(&family.number()).map_or(0, Vec::len);

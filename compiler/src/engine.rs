@@ -269,21 +269,13 @@ pub fn explain_compiled(
     engine: crate::explain::Engine,
 ) -> Result<crate::explain::DirectionResult> {
     let family = Family::of(&flow.src);
-    let index = compiled
-        .programs
-        .iter()
-        .position(|p| {
-            p.direction == direction
-                && p.family == family
-                && p.endpoints.iter().any(|e| e == endpoint)
-        })
-        .ok_or_else(|| {
-            Error::other(format!(
-                "no IPv{} {} program for {endpoint}",
-                family.number(),
-                direction.as_str()
-            ))
-        })?;
+    let index = compiled.program_index(endpoint, direction, family).ok_or_else(|| {
+        Error::other(format!(
+            "no IPv{} {} program for {endpoint}",
+            family.number(),
+            direction.as_str()
+        ))
+    })?;
     let outcome = match engine {
         crate::explain::Engine::Kernel => {
             KernelEngine::new(compiled, family)?.run(compiled, index, flow)?

@@ -16,8 +16,8 @@ use std::net::IpAddr;
 
 /// Index of the target's ingress program.
 fn target_program(compiled: &polc::compile::Compiled) -> usize {
-    (compiled.programs.iter())
-        .position(|p| p.direction == Direction::Ingress && p.endpoints.iter().any(|e| e == TARGET))
+    compiled
+        .program_index(TARGET, Direction::Ingress, Family::V4)
         .expect("a program for the target")
 }
 

@@ -1592,12 +1592,7 @@ fn bench_first_packet_with_compiled_policies() {
             let compiled = compile_ir_with(ir.clone(), Options { opt_level, ..Options::default() })
                 .expect("compiles");
             let index = compiled
-                .programs
-                .iter()
-                .position(|p| {
-                    p.direction == polc_ir::Direction::Ingress
-                        && p.endpoints.iter().any(|e| e == synth::TARGET)
-                })
+                .program_index(synth::TARGET, polc_ir::Direction::Ingress, polc_ir::Family::V4)
                 .expect("the target's ingress program");
             let p = &compiled.programs[index];
             let mut f = Fixture::new(&RuntimeConfig {

@@ -158,11 +158,7 @@ impl Engines {
 
     /// The index of the program serving `endpoint` x `direction` x `family`.
     pub fn program(&self, endpoint: &str, direction: Direction, family: Family) -> Option<usize> {
-        self.compiled.programs.iter().position(|p| {
-            p.direction == direction
-                && p.family == family
-                && p.endpoints.iter().any(|e| e == endpoint)
-        })
+        self.compiled.program_index(endpoint, direction, family)
     }
 
     fn describe(&self, o: &Outcome) -> String {
