@@ -592,6 +592,46 @@ fn estimate_parts(ep: &EndpointPolicy, family: Family, limits: Limits) -> usize 
     g.a.slots().div_ceil(limits.part_insns.max(1))
 }
 
+/// The prologue of every generated program: the context into `ctx`, this CPU's
+/// `FlowState` into `state`, to `fail` when the lookup finds none.
+pub(crate) fn emit_state_lookup(a: &mut Asm, ctx: Reg, state: Reg, fail: Label) {
+    a.push(Insn::mov64(ctx, Reg::R1));
+    a.push(Insn::st(Size::W, Reg::R10, STACK_U32_KEY, abi::STATE_KEY as i32));
+    a.push(Insn::mov64(Reg::R2, Reg::R10));
+    a.push(Insn::alu64(AluOp::Add, Reg::R2, STACK_U32_KEY as i32));
+    a.push(Insn::ld_map_fd(Reg::R1, map::STATE));
+    a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
+    a.jump_if(Cond::Eq, Reg::R0, 0, fail);
+    a.push(Insn::mov64(state, Reg::R0));
+}
+
+/// `r0` = the value LPM map `handle` holds for the peer's address (read from the
+/// `FlowState` in `state` at `peer_off`), to `fail` when it holds none.
+pub(crate) fn emit_peer_lpm_lookup(
+    a: &mut Asm,
+    family: Family,
+    state: Reg,
+    peer_off: i16,
+    handle: u32,
+    fail: Label,
+) {
+    a.push(Insn::st(Size::W, Reg::R10, STACK_LPM_KEY, family.bits() as i32));
+    // 32-bit words: the address starts 4 bytes into the key, not 8-aligned.
+    let words = match family {
+        Family::V4 => 1,
+        Family::V6 => 4,
+    };
+    for w in 0..words {
+        a.push(Insn::ldx(Size::W, Reg::R1, state, peer_off + 4 * w));
+        a.push(Insn::stx(Size::W, Reg::R10, STACK_LPM_KEY + 4 + 4 * w, Reg::R1));
+    }
+    a.push(Insn::mov64(Reg::R2, Reg::R10));
+    a.push(Insn::alu64(AluOp::Add, Reg::R2, STACK_LPM_KEY as i32));
+    a.push(Insn::ld_map_fd(Reg::R1, handle));
+    a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
+    a.jump_if(Cond::Eq, Reg::R0, 0, fail);
+}
+
 /// Labels and entry points of the part being emitted.
 struct PartState {
     decide: Label,
@@ -648,14 +688,7 @@ impl Emitter<'_> {
         } else {
             a.comment(format!("part {part}: r7 = this CPU's FlowState (drop if missing)"));
         }
-        a.push(Insn::mov64(CTX, Reg::R1));
-        a.push(Insn::st(Size::W, Reg::R10, STACK_U32_KEY, abi::STATE_KEY as i32));
-        a.push(Insn::mov64(Reg::R2, Reg::R10));
-        a.push(Insn::alu64(AluOp::Add, Reg::R2, STACK_U32_KEY as i32));
-        a.push(Insn::ld_map_fd(Reg::R1, map::STATE));
-        a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
-        a.jump_if(Cond::Eq, Reg::R0, 0, self.part.fail);
-        a.push(Insn::mov64(STATE, Reg::R0));
+        emit_state_lookup(a, CTX, STATE, self.part.fail);
         if let Some(bits) = self.g.bits {
             let peer_off = bits.peer_off;
             let a = &mut self.g.a;
@@ -663,21 +696,7 @@ impl Emitter<'_> {
                 "r9 = bitmap of the {} peer-side sets holding the peer's address (one LPM lookup)",
                 bits.bit.len()
             ));
-            a.push(Insn::st(Size::W, Reg::R10, STACK_LPM_KEY, self.g.family.bits() as i32));
-            // 32-bit words: the address starts 4 bytes into the key, not 8-aligned.
-            let words = match self.g.family {
-                Family::V4 => 1,
-                Family::V6 => 4,
-            };
-            for w in 0..words {
-                a.push(Insn::ldx(Size::W, Reg::R1, STATE, peer_off + 4 * w));
-                a.push(Insn::stx(Size::W, Reg::R10, STACK_LPM_KEY + 4 + 4 * w, Reg::R1));
-            }
-            a.push(Insn::mov64(Reg::R2, Reg::R10));
-            a.push(Insn::alu64(AluOp::Add, Reg::R2, STACK_LPM_KEY as i32));
-            a.push(Insn::ld_map_fd(Reg::R1, map::PEER_BITS));
-            a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
-            a.jump_if(Cond::Eq, Reg::R0, 0, self.part.fail);
+            emit_peer_lpm_lookup(a, self.g.family, STATE, peer_off, map::PEER_BITS, self.part.fail);
             a.push(Insn::mov64(PEER_BITS, Reg::R0));
         }
         let a = &mut self.g.a;

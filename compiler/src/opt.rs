@@ -78,7 +78,8 @@ const ACT_PASS: u64 = 2;
 
 // Stack layout (offsets from r10).
 const STACK_U32_KEY: i16 = -4;
-const STACK_LPM_KEY: i16 = -32; // prefixlen u32, then up to 16 address bytes
+// -32..-12: the peer's LPM key (prefixlen u32, then up to 16 address bytes), written by
+// codegen::emit_peer_lpm_lookup.
 const STACK_VALUES: i16 = -40; // G[t] at -40 - 8t, H[t] at -40 - 8 (MAX_TIERS + t)
 const STACK_PAIR_KEY: i16 = -40 - 8 * (2 * MAX_TIERS as i16) - 8; // pair class u32, port pair class u32
 
@@ -394,38 +395,14 @@ fn generate_with(
         a.comment(format!("{} [{table}, value {:#x}]", r.about, r.value));
     }
     a.comment("prologue: r7 = this CPU's FlowState (drop if missing)");
-    a.push(Insn::mov64(CTX, Reg::R1));
-    a.push(Insn::st(Size::W, Reg::R10, STACK_U32_KEY, abi::STATE_KEY as i32));
-    a.push(Insn::mov64(Reg::R2, Reg::R10));
-    a.push(Insn::alu64(AluOp::Add, Reg::R2, STACK_U32_KEY as i32));
-    a.push(Insn::ld_map_fd(Reg::R1, map::STATE));
-    a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
-    a.jump_if(Cond::Eq, Reg::R0, 0, fail);
-    a.push(Insn::mov64(STATE, Reg::R0));
+    crate::codegen::emit_state_lookup(&mut a, CTX, STATE, fail);
 
     let peer_off = if peer_is_src { abi::FLOW_SRC_ADDR as i16 } else { abi::FLOW_DST_ADDR as i16 };
     // The runtime drops flows whose endpoint side is not the endpoint's address before any
     // policy, so the tables below fold that side to `own` (docs/semantics.md).
     if use_classes {
         a.comment("address class of the peer: one LPM lookup (r9 = class value)");
-        a.push(Insn::st(Size::W, Reg::R10, STACK_LPM_KEY, family.bits() as i32));
-        match family {
-            Family::V4 => {
-                a.push(Insn::ldx(Size::W, Reg::R1, STATE, peer_off));
-                a.push(Insn::stx(Size::W, Reg::R10, STACK_LPM_KEY + 4, Reg::R1));
-            }
-            Family::V6 => {
-                for w in 0..4 {
-                    a.push(Insn::ldx(Size::W, Reg::R1, STATE, peer_off + 4 * w));
-                    a.push(Insn::stx(Size::W, Reg::R10, STACK_LPM_KEY + 4 + 4 * w, Reg::R1));
-                }
-            }
-        }
-        a.push(Insn::mov64(Reg::R2, Reg::R10));
-        a.push(Insn::alu64(AluOp::Add, Reg::R2, STACK_LPM_KEY as i32));
-        a.push(Insn::ld_map_fd(Reg::R1, map::CLASSES));
-        a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
-        a.jump_if(Cond::Eq, Reg::R0, 0, fail);
+        crate::codegen::emit_peer_lpm_lookup(&mut a, family, STATE, peer_off, map::CLASSES, fail);
         a.push(Insn::mov64(CLASS, Reg::R0));
     }
 
