@@ -752,32 +752,35 @@ impl PairGrid {
     }
 
     fn maps(self, tiers: usize) -> Vec<(MapSpec, crate::compile::MapEntries)> {
-        let u32_key = |i: usize| (i as u32).to_ne_bytes().to_vec();
-        let cells: crate::compile::MapEntries = (self.cells.iter().enumerate())
-            .map(|(i, v)| (u32_key(i), v.to_ne_bytes().to_vec()))
-            .collect();
-        let values: crate::compile::MapEntries = (self.values.iter().enumerate())
-            .map(|(i, row)| (u32_key(i), row.iter().flat_map(|v| v.to_ne_bytes()).collect()))
-            .collect();
-        let value_size = 8 * tiers as u32;
+        let cells = self.cells.iter().map(|v| v.to_ne_bytes().to_vec());
+        let values =
+            self.values.iter().map(|row| row.iter().flat_map(|v| v.to_ne_bytes()).collect());
         vec![
-            (array_spec(map::PAIR_CELLS, "polc_paircells", 4, cells.len()), cells),
-            (array_spec(map::PAIR_VALUES, "polc_pairvalues", value_size, values.len()), values),
+            array_map(map::PAIR_CELLS, "polc_paircells", 4, cells),
+            array_map(map::PAIR_VALUES, "polc_pairvalues", 8 * tiers as u32, values),
         ]
     }
 }
 
-/// A per-program array map of `entries` values, keyed by a u32 index.
-fn array_spec(handle: u32, name: &str, value_size: u32, entries: usize) -> MapSpec {
-    MapSpec {
+/// A per-program array map holding `values` at indexes 0, 1, ..., and its contents.
+fn array_map(
+    handle: u32,
+    name: &str,
+    value_size: u32,
+    values: impl IntoIterator<Item = Vec<u8>>,
+) -> (MapSpec, crate::compile::MapEntries) {
+    let entries: crate::compile::MapEntries =
+        (0u32..).zip(values).map(|(i, v)| (i.to_ne_bytes().to_vec(), v)).collect();
+    let spec = MapSpec {
         handle,
         name: name.to_string(),
         kind: MapKind::Array,
         key_size: 4,
         value_size,
-        max_entries: entries.max(1) as u32,
+        max_entries: entries.len().max(1) as u32,
         flags: 0,
-    }
+    };
+    (spec, entries)
 }
 
 /// `r0 = lookup(map[handle], (u32) key)` through the stack, to `fail` when absent.
@@ -830,18 +833,12 @@ impl PortRows {
     }
 
     fn maps(self, tiers: usize) -> Vec<(MapSpec, crate::compile::MapEntries)> {
-        let u32_key = |i: usize| (i as u32).to_ne_bytes().to_vec();
-        let ports: crate::compile::MapEntries = (self.slots.iter().flatten().enumerate())
-            .map(|(i, row)| (u32_key(i), row.to_ne_bytes().to_vec()))
-            .collect();
-        let rows: crate::compile::MapEntries =
-            self.rows.into_iter().enumerate().map(|(i, row)| (u32_key(i), row)).collect();
         let mut out = Vec::new();
-        if !ports.is_empty() {
-            out.push((array_spec(map::PORTS, "polc_ports", 4, ports.len()), ports));
+        if !self.slots.is_empty() {
+            let ports = self.slots.iter().flatten().map(|row| row.to_ne_bytes().to_vec());
+            out.push(array_map(map::PORTS, "polc_ports", 4, ports));
         }
-        let row_size = 8 + 8 * tiers as u32;
-        out.push((array_spec(map::PORT_ROWS, "polc_portrows", row_size, rows.len()), rows));
+        out.push(array_map(map::PORT_ROWS, "polc_portrows", 8 + 8 * tiers as u32, self.rows));
         out
     }
 }
@@ -923,6 +920,17 @@ struct Class {
     prefix: Option<Prefix>,
     /// An address of the class, if it has any.
     rep: Option<IpAddr>,
+}
+
+/// Indexes of the set bits of a bitset, in increasing order.
+fn set_bits(words: &[u64]) -> impl Iterator<Item = usize> + '_ {
+    words.iter().enumerate().flat_map(|(w, &word)| {
+        std::iter::successors((word != 0).then_some(word), |&rest| {
+            let rest = rest & (rest - 1);
+            (rest != 0).then_some(rest)
+        })
+        .map(move |rest| w * 64 + rest.trailing_zeros() as usize)
+    })
 }
 
 /// Hashing for u32 ids (group numbers): one multiplication instead of SipHash, which
@@ -1379,17 +1387,9 @@ impl<'a> Context<'a> {
                 bits.iter_mut().zip(s).for_each(|(b, s)| *b &= !s);
             }
         }
-        let mut out = Vec::new();
-        for (w, mut word) in bits.into_iter().enumerate() {
-            while word != 0 {
-                let c = w * 64 + word.trailing_zeros() as usize;
-                word &= word - 1;
-                if self.classes.get(c).is_some_and(|class| class.rep.is_some()) {
-                    out.push(c);
-                }
-            }
-        }
-        out
+        set_bits(&bits)
+            .filter(|&c| self.classes.get(c).is_some_and(|class| class.rep.is_some()))
+            .collect()
     }
 
     /// Whether `r`'s port side (and coupled named ports, with the peer at `peer`) matches
@@ -1434,17 +1434,12 @@ impl<'a> Context<'a> {
         }
         for set in sets.iter().filter_map(|id| self.set_classes.get(id)) {
             let mut split: std::collections::HashMap<u32, u32, IdHash> = Default::default();
-            for (w, &word) in set.iter().enumerate() {
-                let mut word = word;
-                while word != 0 {
-                    let c = w * 64 + word.trailing_zeros() as usize;
-                    word &= word - 1;
-                    if let Some(g) = group.get_mut(c) {
-                        *g = *split.entry(*g).or_insert_with(|| {
-                            next += 1;
-                            next - 1
-                        });
-                    }
+            for c in set_bits(set) {
+                if let Some(g) = group.get_mut(c) {
+                    *g = *split.entry(*g).or_insert_with(|| {
+                        next += 1;
+                        next - 1
+                    });
                 }
             }
         }
@@ -1567,5 +1562,18 @@ fn addr_of(family: Family, bits: u128) -> IpAddr {
     match family {
         Family::V4 => IpAddr::V4(Ipv4Addr::from(bits as u32)),
         Family::V6 => IpAddr::V6(Ipv6Addr::from(bits)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_bits;
+
+    #[test]
+    fn set_bits_lists_every_set_bit_in_order() {
+        let words = [0b1011u64, 0, 1 << 63 | 1];
+        assert_eq!(set_bits(&words).collect::<Vec<_>>(), vec![0, 1, 3, 128, 191]);
+        assert_eq!(set_bits(&[0, 0]).count(), 0);
+        assert_eq!(set_bits(&[u64::MAX]).count(), 64);
     }
 }
