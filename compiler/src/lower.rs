@@ -34,12 +34,33 @@ pub struct SetTable {
     /// Keyed by the address of the model object (the cluster is borrowed for the whole run)
     /// and which field of it was resolved.
     peer_cache: BTreeMap<(usize, PeerField), Option<IpSetId>>,
+    /// The same by what the peer set is a function of: rules written alike (the same
+    /// selectors) share one resolution.
+    peer_by_content: HashMap<PeerContent, Option<IpSetId>>,
     /// Named port (name, protocol) -> its set over every endpoint (also endpoint-independent).
     named_port_cache: BTreeMap<(String, Option<u8>), PortSetId>,
 }
 
+/// Everything a rule side's peer set depends on (resolution is a function of it).
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum PeerContent {
+    K8s(Vec<model::K8sPeer>, String),
+    Calico(Box<CalicoPeer>),
+}
+
+/// What a Calico rule side's selector (or notSelector) set depends on.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CalicoPeer {
+    field: PeerField,
+    selector: Option<crate::selector::Selector>,
+    not_selector: Option<crate::selector::Selector>,
+    namespace_selector: Option<crate::selector::Selector>,
+    service_accounts: Option<model::ServiceAccountMatch>,
+    policy_ns: Option<String>,
+}
+
 /// Which peer description of a rule a cached set stands for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum PeerField {
     K8sPeers,
     CalicoSelector,
@@ -86,6 +107,7 @@ impl SetTable {
 pub fn lower(cluster: &Cluster) -> Ir {
     let resolver = Resolver::new(cluster);
     let mut sets = SetTable::default();
+    let mut memo = Memo::default();
     let mut endpoints: Vec<EndpointPolicy> = Vec::new();
     // Replicas: pods with the same namespace, labels, service account and container ports
     // get the same rules, so they are lowered once (unless the result holds a set of the
@@ -103,7 +125,7 @@ pub fn lower(cluster: &Cluster) -> Ir {
                 });
                 continue;
             }
-            let (ep, pod_specific) = lower_endpoint_with(&resolver, &mut sets, pod, dir);
+            let (ep, pod_specific) = lower_endpoint_memo(&resolver, &mut sets, &mut memo, pod, dir);
             if !pod_specific {
                 lowered.insert(key, endpoints.len());
             }
@@ -111,6 +133,37 @@ pub fn lower(cluster: &Cluster) -> Ir {
         }
     }
     Ir { endpoints, ip_sets: sets.ip_sets, port_sets: sets.port_sets }
+}
+
+/// What lowering already produced, by what the result depends on. A policy's lowered rules
+/// depend on the endpoint only through the direction and the endpoint's container ports (own
+/// named ports) -- peer sets are cached by rule in the [`SetTable`] -- unless a rule names
+/// a set of the pod's own named ports, which is never memoised. Lowering again what is
+/// memoised would add no set (its rule sides are all cached), so set ids are unchanged.
+#[derive(Default)]
+struct Memo<'c> {
+    /// (direction, the applicable tiers as names and policy addresses, ports) -> the
+    /// lowered tiers and their sets, shared by every endpoint with the same key.
+    tiers: HashMap<TiersKey<'c>, Lowered>,
+    /// (policy address, direction, ports) -> the lowered policy.
+    policies: HashMap<(usize, Direction, &'c [model::ContainerPort]), polc_ir::Policy>,
+}
+
+type TiersKey<'c> = (Direction, Vec<(String, Vec<usize>)>, &'c [model::ContainerPort]);
+
+/// One endpoint's lowered tiers and the sets they reference.
+#[derive(Clone)]
+struct Lowered {
+    tiers: Arc<Vec<Tier>>,
+    ip_sets: Vec<Arc<IpSet>>,
+    port_sets: Vec<Arc<PortSet>>,
+}
+
+fn policy_address(p: &PolicyRef<'_>) -> usize {
+    match p {
+        PolicyRef::K8s(k) => *k as *const K8sNetworkPolicy as usize,
+        PolicyRef::Calico(c) => *c as *const CalicoPolicy as usize,
+    }
 }
 
 /// The IR for one endpoint in one direction. Set ids come from (and are shared through)
@@ -121,20 +174,62 @@ pub fn lower_endpoint(
     pod: &Pod,
     direction: Direction,
 ) -> EndpointPolicy {
-    lower_endpoint_with(resolver, sets, pod, direction).0
+    lower_endpoint_memo(resolver, sets, &mut Memo::default(), pod, direction).0
 }
 
-/// [`lower_endpoint`], and whether the result depends on the pod itself beyond its
-/// namespace, labels, service account and ports (a set of its own named ports).
-fn lower_endpoint_with(
-    resolver: &Resolver<'_>,
+/// [`lower_endpoint`] through `memo`, and whether the result depends on the pod itself
+/// beyond its namespace, labels, service account and ports (a set of its own named ports).
+fn lower_endpoint_memo<'c>(
+    resolver: &Resolver<'c>,
     sets: &mut SetTable,
-    pod: &Pod,
+    memo: &mut Memo<'c>,
+    pod: &'c Pod,
     direction: Direction,
 ) -> (EndpointPolicy, bool) {
+    let applicable = resolver.applicable(pod, direction);
+    let key: TiersKey<'c> = (
+        direction,
+        applicable
+            .iter()
+            .map(|t| (t.name.clone(), t.policies.iter().map(policy_address).collect()))
+            .collect(),
+        &pod.ports,
+    );
+    let endpoint_policy = |l: Lowered| EndpointPolicy {
+        endpoint: format!("{}/{}", pod.namespace, pod.name),
+        addresses: pod.ips.clone(),
+        direction,
+        tiers: l.tiers,
+        ip_sets: l.ip_sets,
+        port_sets: l.port_sets,
+    };
+    if let Some(l) = memo.tiers.get(&key) {
+        return (endpoint_policy(l.clone()), false);
+    }
     let mut cx = Lowering { resolver, sets, pod, direction, pod_specific: false };
-    let tiers: Vec<Tier> =
-        resolver.applicable(pod, direction).iter().map(|t| cx.lower_tier(t)).collect();
+    let mut tiers = Vec::with_capacity(applicable.len());
+    for t in &applicable {
+        let mut policies = Vec::with_capacity(t.policies.len());
+        for p in &t.policies {
+            let pkey = (policy_address(p), direction, &*pod.ports);
+            if let Some(lowered) = memo.policies.get(&pkey) {
+                policies.push(lowered.clone());
+                continue;
+            }
+            let before = cx.pod_specific;
+            cx.pod_specific = false;
+            let lowered = match p {
+                PolicyRef::K8s(k) => cx.lower_k8s_policy(k),
+                PolicyRef::Calico(c) => cx.lower_calico_policy(c),
+            };
+            if !cx.pod_specific {
+                memo.policies.insert(pkey, lowered.clone());
+            }
+            cx.pod_specific |= before;
+            policies.push(lowered);
+        }
+        tiers.push(cx.tier(t, policies));
+    }
     let mut ip_ids = BTreeSet::new();
     let mut port_ids = BTreeSet::new();
     for rule in tiers.iter().flat_map(|t| &t.policies).flat_map(|p| &p.rules) {
@@ -145,15 +240,16 @@ fn lower_endpoint_with(
             }
         }
     }
-    let ep = EndpointPolicy {
-        endpoint: format!("{}/{}", pod.namespace, pod.name),
-        addresses: pod.ips.clone(),
-        direction,
+    let lowered = Lowered {
         tiers: Arc::new(tiers),
         ip_sets: ip_ids.into_iter().filter_map(|id| cx.sets.get_ip(id)).collect(),
         port_sets: port_ids.into_iter().filter_map(|id| cx.sets.get_port(id)).collect(),
     };
-    (ep, cx.pod_specific)
+    let pod_specific = cx.pod_specific;
+    if !pod_specific {
+        memo.tiers.insert(key, lowered.clone());
+    }
+    (endpoint_policy(lowered), pod_specific)
 }
 
 struct Lowering<'r, 'a, 's> {
@@ -183,15 +279,8 @@ fn provenance(
 }
 
 impl Lowering<'_, '_, '_> {
-    fn lower_tier(&mut self, t: &AppliedTier<'_>) -> Tier {
-        let policies = t
-            .policies
-            .iter()
-            .map(|p| match p {
-                PolicyRef::K8s(k) => self.lower_k8s_policy(k),
-                PolicyRef::Calico(c) => self.lower_calico_policy(c),
-            })
-            .collect();
+    /// The IR tier of `t` with its (already lowered) policies.
+    fn tier(&self, t: &AppliedTier<'_>, policies: Vec<polc_ir::Policy>) -> Tier {
         Tier {
             name: t.name.clone(),
             order: t.order,
@@ -227,9 +316,12 @@ impl Lowering<'_, '_, '_> {
     }
 
     fn lower_k8s_rule(&mut self, r: &K8sRule, index: usize, ns: &str) -> Vec<Rule> {
-        let peer = self.cached(r as *const K8sRule as usize, PeerField::K8sPeers, |res| {
-            res.k8s_peers(&r.peers, ns)
-        });
+        let peer = self.cached(
+            r as *const K8sRule as usize,
+            PeerField::K8sPeers,
+            || Some(PeerContent::K8s(r.peers.clone(), ns.to_string())),
+            |res| res.k8s_peers(&r.peers, ns),
+        );
         let mut base = Match::default();
         if let Some(id) = peer {
             let end = if self.self_is_dst() { &mut base.src } else { &mut base.dst };
@@ -333,14 +425,35 @@ impl Lowering<'_, '_, '_> {
             Some(PeerSet { origin: format!("nets {}", names.join(" ")), members })
         };
         if !e.nets.is_empty() {
-            m.in_sets.extend(self.cached(key, PeerField::Nets, |_| nets(&e.nets)));
+            m.in_sets.extend(self.cached(key, PeerField::Nets, || None, |_| nets(&e.nets)));
         }
         if !e.not_nets.is_empty() {
-            m.not_in_sets.extend(self.cached(key, PeerField::NotNets, |_| nets(&e.not_nets)));
+            let not_nets = self.cached(key, PeerField::NotNets, || None, |_| nets(&e.not_nets));
+            m.not_in_sets.extend(not_nets);
         }
-        let sel = self.cached(key, PeerField::CalicoSelector, |res| res.calico_peers(e, ns));
+        let content = |field| {
+            Some(PeerContent::Calico(Box::new(CalicoPeer {
+                field,
+                selector: e.selector.clone(),
+                not_selector: e.not_selector.clone(),
+                namespace_selector: e.namespace_selector.clone(),
+                service_accounts: e.service_accounts.clone(),
+                policy_ns: ns.map(str::to_string),
+            })))
+        };
+        let sel = self.cached(
+            key,
+            PeerField::CalicoSelector,
+            || content(PeerField::CalicoSelector),
+            |res| res.calico_peers(e, ns),
+        );
         m.in_sets.extend(sel);
-        let not = self.cached(key, PeerField::CalicoNotSelector, |res| res.calico_not_peers(e, ns));
+        let not = self.cached(
+            key,
+            PeerField::CalicoNotSelector,
+            || content(PeerField::CalicoNotSelector),
+            |res| res.calico_not_peers(e, ns),
+        );
         m.not_in_sets.extend(not);
         if !e.ports.is_empty() {
             m.ports = Some(self.port_match(&e.ports, is_self, protocol));
@@ -409,17 +522,27 @@ impl Lowering<'_, '_, '_> {
         }
     }
 
-    /// The set for one peer description of a rule, resolved once per lowering run.
+    /// The set for one peer description of a rule, resolved once per lowering run (and once
+    /// per `content`, what the resolution depends on, if given).
     fn cached(
         &mut self,
         key: usize,
         field: PeerField,
+        content: impl FnOnce() -> Option<PeerContent>,
         resolve: impl FnOnce(&Resolver<'_>) -> Option<PeerSet>,
     ) -> Option<IpSetId> {
         if let Some(hit) = self.sets.peer_cache.get(&(key, field)) {
             return *hit;
         }
-        let id = resolve(self.resolver).map(|p| self.sets.ip(p.origin, p.members));
+        let content = content();
+        let known = content.as_ref().and_then(|c| self.sets.peer_by_content.get(c));
+        let id = match known {
+            Some(id) => *id,
+            None => resolve(self.resolver).map(|p| self.sets.ip(p.origin, p.members)),
+        };
+        if let Some(c) = content {
+            self.sets.peer_by_content.insert(c, id);
+        }
         self.sets.peer_cache.insert((key, field), id);
         id
     }

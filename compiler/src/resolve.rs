@@ -22,6 +22,7 @@
 //!   namespaceSelector means "the policy's namespace"; in a GlobalNetworkPolicy it means any
 //!   namespace and non-namespaced resources. `global()` selects non-namespaced network sets.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use polc_ir::{Direction, NamedPort, Prefix};
@@ -173,21 +174,21 @@ impl<'a> Resolver<'a> {
     }
 
     /// The namespace's labels; a namespace nobody declared still has its automatic labels.
-    fn namespace_labels(&self, ns: &str) -> Labels {
+    fn namespace_labels<'s>(&'s self, ns: &'s str) -> Cow<'s, Labels> {
         match self.ns_labels.get(ns) {
-            Some(l) => l.clone(),
-            None => Labels::from([
+            Some(l) => Cow::Borrowed(l),
+            None => Cow::Owned(Labels::from([
                 ("kubernetes.io/metadata.name".to_string(), ns.to_string()),
                 (LABEL_CALICO_NAME.to_string(), ns.to_string()),
-            ]),
+            ])),
         }
     }
 
     /// A service account's labels; an undeclared one has only `projectcalico.org/name`.
-    fn service_account_labels(&self, ns: &str, name: &str) -> Labels {
+    fn service_account_labels<'s>(&'s self, ns: &'s str, name: &'s str) -> Cow<'s, Labels> {
         match self.sa_labels.get(&(ns, name)) {
-            Some(l) => l.clone(),
-            None => Labels::from([(LABEL_CALICO_NAME.to_string(), name.to_string())]),
+            Some(l) => Cow::Borrowed(l),
+            None => Cow::Owned(Labels::from([(LABEL_CALICO_NAME.to_string(), name.to_string())])),
         }
     }
 
@@ -195,12 +196,12 @@ impl<'a> Resolver<'a> {
     fn calico_selects(&self, p: &CalicoPolicy, pod: &Pod) -> bool {
         let ns_ok = match (&p.namespace, &p.namespace_selector) {
             (Some(ns), _) => *ns == pod.namespace,
-            (None, Some(sel)) => sel.matches(&self.namespace_labels(&pod.namespace)),
+            (None, Some(sel)) => sel.matches(&*self.namespace_labels(&pod.namespace)),
             (None, None) => true,
         };
         let sel_ok = p.selector.as_ref().is_none_or(|s| s.matches(&endpoint_labels(pod)));
         let sa_ok = p.service_account_selector.as_ref().is_none_or(|s| {
-            s.matches(&self.service_account_labels(&pod.namespace, &pod.service_account))
+            s.matches(&*self.service_account_labels(&pod.namespace, &pod.service_account))
         });
         ns_ok && sel_ok && sa_ok
     }
@@ -292,7 +293,7 @@ impl<'a> Resolver<'a> {
         let mut members = Vec::new();
         for pod in &self.endpoints {
             let ns_ok = match (&e.namespace_selector, policy_ns) {
-                (Some(nsel), _) => nsel.matches(&self.namespace_labels(&pod.namespace)),
+                (Some(nsel), _) => nsel.matches(&*self.namespace_labels(&pod.namespace)),
                 (None, Some(ns)) => pod.namespace == ns,
                 (None, None) => true,
             };
@@ -301,7 +302,7 @@ impl<'a> Resolver<'a> {
                 (m.names.is_empty() || m.names.contains(&pod.service_account))
                     && m.selector.as_ref().is_none_or(|s| {
                         s.matches(
-                            &self.service_account_labels(&pod.namespace, &pod.service_account),
+                            &*self.service_account_labels(&pod.namespace, &pod.service_account),
                         )
                     })
             });
@@ -314,7 +315,7 @@ impl<'a> Resolver<'a> {
             for set in &self.cluster.network_sets {
                 let labels = NetworkSetLabels(set);
                 let scope_ok = match (&set.namespace, &e.namespace_selector, policy_ns) {
-                    (Some(ns), Some(nsel), _) => nsel.matches(&self.namespace_labels(ns)),
+                    (Some(ns), Some(nsel), _) => nsel.matches(&*self.namespace_labels(ns)),
                     (Some(ns), None, Some(pns)) => ns == pns,
                     (Some(_), None, None) => true,
                     // A global set is in scope of a namespaceSelector only through global().

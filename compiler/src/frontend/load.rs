@@ -13,6 +13,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -386,19 +387,27 @@ impl Builder {
             )));
         }
         // Three passes over each document: count its nodes (nothing built), read it untyped,
-        // read it typed. One document's events are held at a time: peak memory stays a small
-        // multiple of the document.
-        let mut counted = serde_yaml_ng::Deserializer::from_str(text);
-        let mut untyped = serde_yaml_ng::Deserializer::from_str(text);
+        // read it typed. The first two run on a second thread, a few documents ahead of the
+        // third: peak memory stays a small multiple of a document.
+        std::thread::scope(|scope| {
+            let (send, untyped) = sync_channel(UNTYPED_AHEAD);
+            scope.spawn(move || read_untyped(text, send));
+            self.add_documents(file, text, untyped)
+        })
+    }
+
+    /// The typed pass and the checks, over the untyped documents in `untyped`.
+    fn add_documents(
+        &mut self,
+        file: &Path,
+        text: &str,
+        untyped: Receiver<Result<Value, serde_yaml_ng::Error>>,
+    ) -> Result<(), Error> {
         let mut typed = serde_yaml_ng::Deserializer::from_str(text);
-        let nodes = Cell::new(0);
         for doc in 1.. {
-            let Some(document) = counted.next() else { break };
+            let Ok(value) = untyped.recv() else { break };
             let mut place = Place { file, doc, item: None, object: None };
-            // On a syntax error the iterator would repeat it forever: `?` stops here.
-            NodeBudget(&nodes).deserialize(document).map_err(|e| place.error(e))?;
-            let Some(document) = untyped.next() else { break };
-            let value = Value::deserialize(document).map_err(|e| place.error(e))?;
+            let value = value.map_err(|e| place.error(e))?;
             let Some(typed) = typed.next() else { break };
             let value = match value {
                 Value::Null => continue, // empty document
@@ -685,6 +694,32 @@ impl Builder {
 impl Clone for Place<'_> {
     fn clone(&self) -> Self {
         Place { file: self.file, doc: self.doc, item: self.item, object: self.object.clone() }
+    }
+}
+
+/// Untyped documents read ahead of the typed pass (bounds the memory they hold).
+const UNTYPED_AHEAD: usize = 4;
+
+/// The count and untyped passes: each document's nodes counted against the budget (so alias
+/// bombs are refused before anything is built), then the document read untyped. Sends the
+/// results in document order; stops after the first error (on a syntax error the iterator
+/// would repeat it forever) or when the receiver hangs up.
+fn read_untyped(text: &str, send: SyncSender<Result<Value, serde_yaml_ng::Error>>) {
+    let mut counted = serde_yaml_ng::Deserializer::from_str(text);
+    let mut untyped = serde_yaml_ng::Deserializer::from_str(text);
+    let nodes = Cell::new(0);
+    loop {
+        let Some(document) = counted.next() else { return };
+        if let Err(e) = NodeBudget(&nodes).deserialize(document) {
+            let _ = send.send(Err(e));
+            return;
+        }
+        let Some(document) = untyped.next() else { return };
+        let value = Value::deserialize(document);
+        let failed = value.is_err();
+        if send.send(value).is_err() || failed {
+            return;
+        }
     }
 }
 

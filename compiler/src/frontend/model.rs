@@ -315,7 +315,7 @@ pub struct K8sRule {
 }
 
 /// One `from[]` / `to[]` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum K8sPeer {
     /// At least one selector is set. Only `pod_selector`: pods in the policy's namespace;
     /// only `namespace_selector`: all pods in matching namespaces; both: AND.
@@ -326,7 +326,7 @@ pub enum K8sPeer {
     IpBlock(IpBlock),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IpBlock {
     pub cidr: Cidr,
     /// Validated: same family as `cidr` and inside it.
@@ -419,7 +419,7 @@ pub struct EntityRule {
 
 /// `serviceAccounts`: endpoints whose service account is in `names` (if non-empty) AND matches
 /// `selector` (if set).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ServiceAccountMatch {
     pub names: Vec<String>,
     pub selector: Option<Selector>,
