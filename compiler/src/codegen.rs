@@ -49,6 +49,12 @@ pub mod map {
     pub const PAIR_CELLS: u32 = 11;
     /// The program's own array: pair value index -> first pair rule per tier (-O2).
     pub const PAIR_VALUES: u32 = 12;
+    /// The program's own array of IPv4 class trie nodes: 256 entries, one per address
+    /// byte value, each a class or a child node (-O2 programs).
+    pub const CLASS_TRIE: u32 = 13;
+    /// The program's own array: address class -> (pair row, first address-only rule per
+    /// tier), what the LPM map of classes holds per prefix (-O2 programs with a class trie).
+    pub const CLASS_VALUES: u32 = 14;
 }
 
 /// Shortest run of same-protocol rules worth a protocol guard (the guard costs two

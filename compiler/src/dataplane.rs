@@ -675,12 +675,20 @@ mod tests {
             assert!(p.listing.contains("rule id"), "{}", p.label);
         }
         let names: Vec<&str> = d.maps.iter().map(|m| m.name.as_str()).collect();
-        // Shared maps once; each -O2 program with address classes has its own class map.
-        let own = c.programs.iter().filter(|p| !p.local_maps.is_empty()).count();
-        assert!(own >= 1, "no -O2 program with a class map");
+        // Shared maps once; each -O2 program with address classes has its own class maps
+        // (IPv4: the class trie and the class values).
+        let used: Vec<&crate::compile::CompiledProgram> = (c.programs.iter())
+            .filter(|p| d.programs.iter().any(|dp| dp.label == label(p)))
+            .collect();
+        let own: usize = used.iter().map(|p| p.local_maps.len()).sum();
+        assert!(own >= 2, "no -O2 program with class maps");
         assert_eq!(names[..3], ["ipsets_v4", "named_ports", "rule_hits"]);
-        assert_eq!(names.len(), 3 + own.min(d.programs.len()));
-        assert!(names[3..].iter().all(|n| n.starts_with("classes_")), "{names:?}");
+        assert_eq!(names.len(), 3 + own);
+        let class_maps = ["classtrie_", "classvals_"];
+        assert!(
+            names[3..].iter().all(|n| class_maps.iter().any(|m| n.starts_with(m))),
+            "{names:?}"
+        );
         assert_eq!(d.maps[0].entries.len(), c.ipset_entries.get(&4).map_or(0, Vec::len));
         assert_eq!(d.rules.len(), c.rules.len());
     }

@@ -60,8 +60,9 @@ pub struct Optimised {
     /// The port array and its rows (programs with too many port classes for code).
     pub port_maps: Vec<(MapSpec, crate::compile::MapEntries)>,
     pub program: Program,
-    /// The LPM map of address classes (`map::CLASSES`), if the program has one.
-    pub classes: Option<(MapSpec, crate::compile::MapEntries)>,
+    /// The address classes, if the program has them: the LPM map (`map::CLASSES`), or the
+    /// IPv4 class trie and the class values (`map::CLASS_TRIE`, `map::CLASS_VALUES`).
+    pub classes: Vec<(MapSpec, crate::compile::MapEntries)>,
     /// The hash map of address x port pairs (`map::PAIRS`), if too many for code.
     pub pairs: Option<(MapSpec, crate::compile::MapEntries)>,
 }
@@ -126,6 +127,9 @@ pub struct Tuning {
     /// Pair tables not in code go into two arrays (inlined lookups) when their grid of
     /// distinct rows x port pair classes has at most this many cells, else a hash map.
     pub max_pair_cells: usize,
+    /// IPv4 address classes in a trie of arrays (inlined lookups, one per address byte at
+    /// most) instead of an LPM map (a helper call that walks one node per prefix bit).
+    pub class_trie: bool,
 }
 
 impl Default for Tuning {
@@ -134,6 +138,7 @@ impl Default for Tuning {
             max_code_pairs: MAX_CODE_PAIRS,
             max_code_port_leaves: MAX_CODE_PORT_LEAVES,
             max_pair_cells: MAX_PAIR_CELLS,
+            class_trie: true,
         }
     }
 }
@@ -400,7 +405,14 @@ fn generate_with(
     let peer_off = if peer_is_src { abi::FLOW_SRC_ADDR as i16 } else { abi::FLOW_DST_ADDR as i16 };
     // The runtime drops flows whose endpoint side is not the endpoint's address before any
     // policy, so the tables below fold that side to `own` (docs/semantics.md).
-    if use_classes {
+    let trie = tuning.class_trie && family == Family::V4;
+    if use_classes && trie {
+        a.comment("address class of the peer: walk the class trie, a node per address byte");
+        emit_trie_walk(&mut a, peer_off, fail);
+        a.comment("the class's value (r9): pair row, then F per tier");
+        lookup_u32(&mut a, Reg::R1, map::CLASS_VALUES, fail);
+        a.push(Insn::mov64(CLASS, Reg::R0));
+    } else if use_classes {
         a.comment("address class of the peer: one LPM lookup (r9 = class value)");
         crate::codegen::emit_peer_lpm_lookup(&mut a, family, STATE, peer_off, map::CLASSES, fail);
         a.push(Insn::mov64(CLASS, Reg::R0));
@@ -631,9 +643,36 @@ fn generate_with(
     }
     let program = a.assemble()?;
 
-    let classes = use_classes.then(|| {
-        let key_size = 4 + family.bits() as u32 / 8;
-        let value_size = 8 + 8 * tiers as u32;
+    // Each class's value: the pair lookups' first word (the pair class, or its row in the
+    // pair grid), then F per tier.
+    let class_value = |c: usize| {
+        let pair = match &grid {
+            Some(g) => g.row_of[pair_class[c] as usize],
+            None => pair_class[c],
+        };
+        let mut value = pair.to_ne_bytes().to_vec();
+        value.extend_from_slice(&[0; 4]);
+        for v in &f[c] {
+            value.extend_from_slice(&v.to_ne_bytes());
+        }
+        value
+    };
+    let value_size = 8 + 8 * tiers as u32;
+    let mut classes = Vec::new();
+    if use_classes && trie {
+        let prefixes = ctx.classes.iter().enumerate().filter_map(|(c, class)| {
+            let p = class.prefix?;
+            let IpAddr::V4(v) = p.addr() else { return None };
+            Some((u32::from(v), p.len(), c as u32))
+        });
+        let nodes = ClassTrie::new(prefixes).nodes;
+        let room = crate::codegen::room_for(nodes.len());
+        let nodes = nodes.iter().map(|n| n.iter().flat_map(|e| e.to_ne_bytes()).collect());
+        classes.push(array_map(map::CLASS_TRIE, "polc_classtrie", 4 * TRIE_FANOUT, nodes, room));
+        let values = (0..ctx.classes.len()).map(class_value);
+        let room = crate::codegen::room_for(ctx.classes.len());
+        classes.push(array_map(map::CLASS_VALUES, "polc_classvals", value_size, values, room));
+    } else if use_classes {
         let mut entries = Vec::new();
         for (c, class) in ctx.classes.iter().enumerate() {
             let Some(prefix) = class.prefix else { continue };
@@ -642,29 +681,19 @@ fn generate_with(
                 IpAddr::V4(v) => key.extend_from_slice(&v.octets()),
                 IpAddr::V6(v) => key.extend_from_slice(&v.octets()),
             }
-            // The pair lookups' first word: the pair class, or its row in the pair grid.
-            let pair = match &grid {
-                Some(g) => g.row_of[pair_class[c] as usize],
-                None => pair_class[c],
-            };
-            let mut value = pair.to_ne_bytes().to_vec();
-            value.extend_from_slice(&[0; 4]);
-            for v in &f[c] {
-                value.extend_from_slice(&v.to_ne_bytes());
-            }
-            entries.push((key, value));
+            entries.push((key, class_value(c)));
         }
         let spec = MapSpec {
             handle: map::CLASSES,
             name: "polc_classes".to_string(),
             kind: MapKind::LpmTrie,
-            key_size,
+            key_size: 4 + family.bits() as u32 / 8,
             value_size,
             max_entries: crate::codegen::room_for(entries.len()),
             flags: 1,
         };
-        (spec, entries)
-    });
+        classes.push((spec, entries));
+    }
     let pairs = (any_h && pairs_in_map && grid.is_none()).then(|| {
         let entries: crate::compile::MapEntries = h
             .iter()
@@ -756,18 +785,21 @@ impl PairGrid {
         let values =
             self.values.iter().map(|row| row.iter().flat_map(|v| v.to_ne_bytes()).collect());
         vec![
-            array_map(map::PAIR_CELLS, "polc_paircells", 4, cells),
-            array_map(map::PAIR_VALUES, "polc_pairvalues", 8 * tiers as u32, values),
+            array_map(map::PAIR_CELLS, "polc_paircells", 4, cells, 0),
+            array_map(map::PAIR_VALUES, "polc_pairvalues", 8 * tiers as u32, values, 0),
         ]
     }
 }
 
-/// A per-program array map holding `values` at indexes 0, 1, ..., and its contents.
+/// A per-program array map holding `values` at indexes 0, 1, ..., and its contents, with
+/// room for at least `room` entries (the rest zero: contents that grow with pod churn keep
+/// the map's shape, so the loader can update it in place).
 fn array_map(
     handle: u32,
     name: &str,
     value_size: u32,
     values: impl IntoIterator<Item = Vec<u8>>,
+    room: u32,
 ) -> (MapSpec, crate::compile::MapEntries) {
     let entries: crate::compile::MapEntries =
         (0u32..).zip(values).map(|(i, v)| (i.to_ne_bytes().to_vec(), v)).collect();
@@ -777,10 +809,98 @@ fn array_map(
         kind: MapKind::Array,
         key_size: 4,
         value_size,
-        max_entries: entries.len().max(1) as u32,
+        max_entries: (entries.len() as u32).max(room).max(1),
         flags: 0,
     };
     (spec, entries)
+}
+
+/// Entries per class trie node: one per value of an address byte.
+const TRIE_FANOUT: u32 = 256;
+
+/// IPv4 address classes as a multibit trie: a node per address byte, 256 entries each, and
+/// an entry is either a class (`class << 1 | 1`) or the next byte's node (`node << 1`).
+/// Built with leaf pushing (a node starts as copies of the entry it replaces), so a walk
+/// stops at the first class it meets: the class of the longest matching prefix. Node 0 is
+/// the root. Each step is an inlined array lookup; an LPM trie lookup is a call that walks
+/// one node per distinguishing prefix bit, and grows slower as prefixes are added.
+struct ClassTrie {
+    nodes: Vec<Vec<u32>>,
+}
+
+impl ClassTrie {
+    /// The trie of `(address, prefix length, class)`; addresses outside every prefix get
+    /// class 0.
+    fn new(prefixes: impl Iterator<Item = (u32, u8, u32)>) -> ClassTrie {
+        let mut sorted: Vec<(u32, u8, u32)> = prefixes.collect();
+        // Shorter first: a prefix then only ever overwrites leaves (a node below a range it
+        // covers could only come from a longer prefix, inserted later).
+        sorted.sort_by_key(|&(_, len, _)| len);
+        let mut nodes = vec![vec![1u32; TRIE_FANOUT as usize]];
+        for (addr, len, class) in sorted {
+            let leaf = class << 1 | 1;
+            let mut node = 0usize;
+            for level in 0..4u32 {
+                let byte = (addr >> (24 - 8 * level) & 0xff) as usize;
+                let end = 8 * (level + 1);
+                if u32::from(len) <= end {
+                    let free = end - u32::from(len).min(end);
+                    let lo = byte & !((1usize << free) - 1);
+                    for e in &mut nodes[node][lo..lo + (1usize << free)] {
+                        *e = leaf;
+                    }
+                    break;
+                }
+                let entry = nodes[node][byte];
+                node = if entry & 1 == 1 {
+                    nodes.push(vec![entry; TRIE_FANOUT as usize]);
+                    let child = nodes.len() - 1;
+                    nodes[node][byte] = (child as u32) << 1;
+                    child
+                } else {
+                    (entry >> 1) as usize
+                };
+            }
+        }
+        ClassTrie { nodes }
+    }
+
+    /// The class of `addr`, as a walk of [`emit_trie_walk`] finds it.
+    #[cfg(test)]
+    fn class_of(&self, addr: u32) -> Option<u32> {
+        let mut node = 0usize;
+        for level in 0..4u32 {
+            let entry = *self.nodes.get(node)?.get((addr >> (24 - 8 * level) & 0xff) as usize)?;
+            if entry & 1 == 1 {
+                return Some(entry >> 1);
+            }
+            node = (entry >> 1) as usize;
+        }
+        None
+    }
+}
+
+/// Walks the class trie for the IPv4 peer address at `peer_off` in the FlowState: leaves
+/// the class index in r1, or goes to `fail` (no node: a trie the compiler did not build).
+fn emit_trie_walk(a: &mut Asm, peer_off: i16, fail: Label) {
+    let leaf = a.label();
+    a.push(Insn::mov64(Reg::R1, 0));
+    for level in 0..4i16 {
+        a.comment(format!("byte {level} of the peer address: entry of node r1"));
+        lookup_u32(a, Reg::R1, map::CLASS_TRIE, fail);
+        a.push(Insn::ldx(Size::B, Reg::R1, STATE, peer_off + level));
+        a.push(Insn::alu64(AluOp::Lsh, Reg::R1, 2));
+        a.push(Insn::alu64(AluOp::Add, Reg::R0, Reg::R1));
+        a.push(Insn::ldx(Size::W, Reg::R1, Reg::R0, 0));
+        a.jump_if(Cond::Set, Reg::R1, 1, leaf);
+        if level < 3 {
+            a.push(Insn::alu64(AluOp::Rsh, Reg::R1, 1));
+        } else {
+            a.jump(fail);
+        }
+    }
+    a.bind(leaf);
+    a.push(Insn::alu64(AluOp::Rsh, Reg::R1, 1));
 }
 
 /// `r0 = lookup(map[handle], (u32) key)` through the stack, to `fail` when absent.
@@ -836,9 +956,9 @@ impl PortRows {
         let mut out = Vec::new();
         if !self.slots.is_empty() {
             let ports = self.slots.iter().flatten().map(|row| row.to_ne_bytes().to_vec());
-            out.push(array_map(map::PORTS, "polc_ports", 4, ports));
+            out.push(array_map(map::PORTS, "polc_ports", 4, ports, 0));
         }
-        out.push(array_map(map::PORT_ROWS, "polc_portrows", 8 + 8 * tiers as u32, self.rows));
+        out.push(array_map(map::PORT_ROWS, "polc_portrows", 8 + 8 * tiers as u32, self.rows, 0));
         out
     }
 }
@@ -1567,7 +1687,46 @@ fn addr_of(family: Family, bits: u128) -> IpAddr {
 
 #[cfg(test)]
 mod tests {
-    use super::set_bits;
+    use super::{set_bits, ClassTrie};
+    use proptest::prelude::*;
+
+    /// Longest-prefix match by brute force: the class of the longest prefix holding `addr`.
+    fn longest_match(prefixes: &[(u32, u8, u32)], addr: u32) -> u32 {
+        let mask = |len: u8| if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+        (prefixes.iter())
+            .filter(|&&(p, len, _)| (addr ^ p) & mask(len) == 0)
+            .max_by_key(|&&(_, len, _)| len)
+            .map_or(0, |&(_, _, c)| c)
+    }
+
+    proptest! {
+        /// The trie walk finds the longest-prefix match for addresses near the prefixes'
+        /// edges (first, last, and just outside) and at random.
+        #[test]
+        fn class_trie_finds_the_longest_matching_prefix(
+            raw in prop::collection::vec((any::<u32>(), 0u8..=32), 0..40),
+            probes in prop::collection::vec(any::<u32>(), 20),
+        ) {
+            // Distinct prefixes (address masked to its length), classes 1, 2, ...
+            let mut prefixes: Vec<(u32, u8, u32)> = Vec::new();
+            for (addr, len) in raw {
+                let masked = if len == 0 { 0 } else { addr & u32::MAX << (32 - u32::from(len)) };
+                if !prefixes.iter().any(|&(p, l, _)| p == masked && l == len) {
+                    let class = prefixes.len() as u32 + 1;
+                    prefixes.push((masked, len, class));
+                }
+            }
+            let trie = ClassTrie::new(prefixes.iter().copied());
+            let mut addrs = probes;
+            for &(p, len, _) in &prefixes {
+                let size = if len == 0 { u32::MAX } else { (1u64 << (32 - u32::from(len))) as u32 - 1 };
+                addrs.extend([p, p.wrapping_add(size), p.wrapping_sub(1), p.wrapping_add(size).wrapping_add(1)]);
+            }
+            for addr in addrs {
+                prop_assert_eq!(trie.class_of(addr), Some(longest_match(&prefixes, addr)), "{:#x}", addr);
+            }
+        }
+    }
 
     #[test]
     fn set_bits_lists_every_set_bit_in_order() {

@@ -79,24 +79,26 @@ fn ports(c: &Compiled) -> Vec<u16> {
 fn check(input: &str, engines: &mut usize) -> usize {
     let mut n = 0;
     // -O0, -O1, -O2, -O2 with every pair table in the pair grid (arrays) or in a hash map
-    // instead of code, and -O2 with every port class found through the port array instead
-    // of a branch tree.
+    // instead of code (that one with IPv4 classes in the LPM map instead of the class trie),
+    // and -O2 with every port class found through the port array instead of a branch tree.
     let (pairs, ports) = (polc::opt::MAX_CODE_PAIRS, polc::opt::MAX_CODE_PORT_LEAVES);
     let cells = polc::opt::MAX_PAIR_CELLS;
-    for (opt_level, max_code_pairs, max_code_port_leaves, max_pair_cells) in [
-        (0, 0, 0, 0),
-        (1, 0, 0, 0),
-        (2, pairs, ports, cells),
-        (2, 0, ports, cells),
-        (2, 0, ports, 0),
-        (2, pairs, 0, cells),
+    for (opt_level, max_code_pairs, max_code_port_leaves, max_pair_cells, class_trie) in [
+        (0, 0, 0, 0, true),
+        (1, 0, 0, 0, true),
+        (2, pairs, ports, cells, true),
+        (2, 0, ports, cells, true),
+        (2, 0, ports, 0, false),
+        (2, pairs, 0, cells, true),
     ] {
-        let tuning = polc::opt::Tuning { max_code_pairs, max_code_port_leaves, max_pair_cells };
+        let tuning =
+            polc::opt::Tuning { max_code_pairs, max_code_port_leaves, max_pair_cells, class_trie };
         let options = Options { opt_level, tuning, ..Options::default() };
         let compiled = compile_files_with(&[testdata(input)], options).unwrap();
         let label = format!(
             "{input} -O{opt_level} (pairs in code up to {max_code_pairs}, port leaves in code \
-             up to {max_code_port_leaves}, pair grid up to {max_pair_cells} cells)"
+             up to {max_code_port_leaves}, pair grid up to {max_pair_cells} cells, class trie \
+             {class_trie})"
         );
         n += check_compiled(&label, &compiled, engines);
     }

@@ -944,8 +944,15 @@ fn update_in_place(
         }
         let Some(fd) = bpffs::get_pinned(&dir.join(&m.name))? else { return Ok(None) };
         let current = map_entries(fd.as_fd())?;
-        let want: BTreeMap<&[u8], &[u8]> =
+        let mut want: BTreeMap<&[u8], &[u8]> =
             m.entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+        // An array has every key: one the description leaves out is zero, not deleted.
+        let zero = vec![0u8; m.value_size as usize];
+        if m.kind == MapKind::Array {
+            for k in current.keys() {
+                want.entry(k.as_slice()).or_insert(zero.as_slice());
+            }
+        }
         let deletes: Vec<Vec<u8>> =
             current.keys().filter(|k| !want.contains_key(k.as_slice())).cloned().collect();
         let updates: Vec<(Vec<u8>, Vec<u8>)> = (want.iter())
