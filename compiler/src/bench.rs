@@ -29,6 +29,10 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_values_t = [0u8, 1, 2],
           value_parser = clap::value_parser!(u8).range(0..=2))]
     pub levels: Vec<u8>,
+    /// -O2 programs look IPv4 address classes up in an LPM map instead of the class trie
+    /// (the layout before the trie, to compare the two).
+    #[arg(long)]
+    pub class_lpm: bool,
     #[arg(long = "output", value_enum, default_value = "text")]
     pub output: crate::compile::OutputFormat,
     /// Also write the results as an SVG chart (worst flow's ns and worst-case instructions
@@ -75,7 +79,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let cluster = crate::frontend::load_str("synth.yaml", &yaml)?;
         let ir = crate::lower::lower(&cluster);
         for &opt_level in &args.levels {
-            let options = Options { opt_level, ..Options::default() };
+            let tuning = crate::opt::Tuning { class_trie: !args.class_lpm, ..Default::default() };
+            let options = Options { opt_level, tuning, ..Options::default() };
             let compiled = compile_ir_with(ir.clone(), options)?;
             let index = compiled
                 .program_index(TARGET, Direction::Ingress, Family::V4)
