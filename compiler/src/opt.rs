@@ -405,9 +405,19 @@ fn generate_with(
     let peer_off = if peer_is_src { abi::FLOW_SRC_ADDR as i16 } else { abi::FLOW_DST_ADDR as i16 };
     // The runtime drops flows whose endpoint side is not the endpoint's address before any
     // policy, so the tables below fold that side to `own` (docs/semantics.md).
-    let trie = tuning.class_trie && family == Family::V4;
-    if use_classes && trie {
-        a.comment("address class of the peer: walk the class trie, a node per address byte");
+    let trie = (use_classes && tuning.class_trie && family == Family::V4).then(|| {
+        ClassTrie::new(ctx.classes.iter().enumerate().filter_map(|(c, class)| {
+            let p = class.prefix?;
+            let IpAddr::V4(v) = p.addr() else { return None };
+            Some((u32::from(v), p.len(), c as u32))
+        }))
+    });
+    if let Some(trie) = &trie {
+        let n = trie.nodes.len();
+        a.comment(format!(
+            "address class of the peer: walk the class trie ({n} node{}), a node per address byte",
+            if n == 1 { "" } else { "s" }
+        ));
         emit_trie_walk(&mut a, peer_off, fail);
         a.comment("the class's value (r9): pair row, then F per tier");
         lookup_u32(&mut a, Reg::R1, map::CLASS_VALUES, fail);
@@ -659,13 +669,7 @@ fn generate_with(
     };
     let value_size = 8 + 8 * tiers as u32;
     let mut classes = Vec::new();
-    if use_classes && trie {
-        let prefixes = ctx.classes.iter().enumerate().filter_map(|(c, class)| {
-            let p = class.prefix?;
-            let IpAddr::V4(v) = p.addr() else { return None };
-            Some((u32::from(v), p.len(), c as u32))
-        });
-        let nodes = ClassTrie::new(prefixes).nodes;
+    if let Some(ClassTrie { nodes }) = trie {
         let room = crate::codegen::room_for(nodes.len());
         let nodes = nodes.iter().map(|n| n.iter().flat_map(|e| e.to_ne_bytes()).collect());
         classes.push(array_map(map::CLASS_TRIE, "polc_classtrie", 4 * TRIE_FANOUT, nodes, room));
