@@ -36,6 +36,12 @@ pub struct AttachArgs {
     #[arg(long = "ct-entries", default_value_t = polc_abi::CT_DEFAULT_ENTRIES,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub ct_entries: u32,
+    /// Flow cache refresh in milliseconds, used when the runtime is first loaded: an
+    /// established flow's packets skip the conntrack lookup on a CPU for at most this long
+    /// (docs/runtime.md, "Flow cache"); 0 turns the cache off.
+    #[arg(long = "flow-cache-ms", default_value_t = polc_abi::FLOW_CACHE_DEFAULT_NS / 1_000_000,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub flow_cache_ms: u64,
     /// `text` or `json`.
     #[arg(long = "output", value_enum, default_value = "text")]
     pub output: OutputFormat,
@@ -357,6 +363,15 @@ pub fn desired_from_files(
     Ok((d, notes))
 }
 
+/// The runtime settings `polc attach` asks for (used when it first loads the runtime).
+fn runtime_config(args: &AttachArgs) -> RuntimeConfig {
+    RuntimeConfig {
+        ct_max_entries: args.ct_entries,
+        flow_cache_ns: args.flow_cache_ms * 1_000_000,
+        ..RuntimeConfig::default()
+    }
+}
+
 /// `polc attach`.
 pub fn run_attach(args: &AttachArgs) -> Result<()> {
     let endpoints = args.endpoints.iter().map(|s| parse_endpoint(s)).collect::<Result<Vec<_>>>()?;
@@ -371,7 +386,7 @@ pub fn run_attach(args: &AttachArgs) -> Result<()> {
             TcModeArg::Tcx => TcMode::Tcx,
             TcModeArg::Legacy => TcMode::Legacy,
         },
-        runtime: RuntimeConfig { ct_max_entries: args.ct_entries, ..RuntimeConfig::default() },
+        runtime: runtime_config(args),
     };
     let report = dp::attach(&d, &opts).map_err(loader_err)?;
     match args.output {
@@ -629,6 +644,30 @@ pub fn run_agent(args: &AgentArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    /// `polc attach`'s flags, parsed the way the binary parses them.
+    #[derive(clap::Parser)]
+    struct Attach {
+        #[command(flatten)]
+        args: AttachArgs,
+    }
+
+    #[test]
+    fn attach_flags_set_the_runtime_config() {
+        let parse = |extra: &[&str]| {
+            let base = ["polc", "-f", "x.yaml", "--endpoint", "a/b=v0"];
+            Attach::try_parse_from(base.iter().chain(extra)).map(|a| runtime_config(&a.args))
+        };
+        let default = parse(&[]).unwrap();
+        assert_eq!(default.flow_cache_ns, polc_abi::FLOW_CACHE_DEFAULT_NS);
+        assert_eq!(default.ct_max_entries, polc_abi::CT_DEFAULT_ENTRIES);
+        let set = parse(&["--flow-cache-ms", "0", "--ct-entries", "4096"]).unwrap();
+        assert_eq!((set.flow_cache_ns, set.ct_max_entries), (0, 4096));
+        assert_eq!(parse(&["--flow-cache-ms", "250"]).unwrap().flow_cache_ns, 250_000_000);
+        assert!(parse(&["--flow-cache-ms", "-1"]).is_err());
+        assert!(parse(&["--flow-cache-ms", "3600001"]).is_err());
+    }
 
     #[test]
     fn endpoint_flags_parse_or_say_what_is_wrong() {
