@@ -255,7 +255,10 @@ pub fn desired(compiled: &Compiled, endpoints: &[(String, String)]) -> Result<De
                     MapBinding::Shared(idx)
                 }
                 h => match p.local_maps.iter().find(|m| m.spec.handle == h) {
-                    // The program's own maps (the -O2 address classes): one per program.
+                    // The program's own maps: one per program. The -O2 tables refer to each
+                    // other (class ids, trie nodes, rows), so they are double-buffered
+                    // (MapBinding::Own); -O1's peer bitmaps are keyed by prefix, each entry
+                    // right on its own.
                     Some(local) => {
                         d.maps.push(MapDef {
                             name: format!(
@@ -269,7 +272,11 @@ pub fn desired(compiled: &Compiled, endpoints: &[(String, String)]) -> Result<De
                             max_entries: local.spec.max_entries,
                             entries: local.entries.clone(),
                         });
-                        MapBinding::Shared(d.maps.len() - 1)
+                        if p.opt_level == 2 {
+                            MapBinding::Own(d.maps.len() - 1)
+                        } else {
+                            MapBinding::Shared(d.maps.len() - 1)
+                        }
                     }
                     None => {
                         return Err(Error::other(format!("program uses unknown map handle {h}")))

@@ -8,6 +8,7 @@
 //! flows between the namespaces the test creates; a Drop guard removes them (and the pins)
 //! even when an assertion fails. Every socket operation has a timeout.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -1666,15 +1667,21 @@ fn relabelling_a_pod_elsewhere_updates_maps_in_place() {
         );
         serde_json::from_str::<serde_json::Value>(&out).expect("attach json")
     };
+    // (live, spare) kernel program ids per endpoint and direction: programs with -O2
+    // tables are loaded once per copy of their tables, and an update switches copies.
     let program_ids = || {
         let st = status(&topo);
-        let mut ids: Vec<u64> = Vec::new();
+        let mut ids: Vec<(u64, Option<u64>)> = Vec::new();
         for e in st["endpoints"].as_array().expect("endpoints") {
             for d in ["ingress", "egress"] {
-                ids.extend(e[d]["kernel"]["id"].as_u64());
+                let live = e[d]["kernel"]["id"].as_u64().expect("live program");
+                ids.push((live, e[d]["spare"]["id"].as_u64()));
             }
         }
         ids
+    };
+    let loaded = |ids: &[(u64, Option<u64>)]| -> BTreeSet<u64> {
+        ids.iter().flat_map(|&(live, spare)| std::iter::once(live).chain(spare)).collect()
     };
 
     write(false);
@@ -1693,7 +1700,17 @@ fn relabelling_a_pod_elsewhere_updates_maps_in_place() {
     assert_eq!(r2["generation"], r1["generation"], "{r2}");
     assert_eq!(r2["programs_loaded"], 0, "{r2}");
     assert!(r2["map_entries_changed"].as_u64().is_some_and(|n| n >= 1), "{r2}");
-    assert_eq!(program_ids(), ids, "the same programs enforce");
+    let ids2 = program_ids();
+    assert_eq!(loaded(&ids2), loaded(&ids), "the same loaded programs enforce");
+    // The server's ingress (-O2 class tables, changed) moved to its spare copy of the
+    // tables in one step; the previous copy stays loaded, holding the previous tables.
+    let switched: Vec<bool> = ids.iter().zip(&ids2).map(|(a, b)| a.0 != b.0).collect();
+    assert!(switched.iter().any(|&s| s), "no program switched copies: {ids:?} -> {ids2:?}");
+    for ((live, spare), (live2, spare2)) in ids.iter().zip(&ids2) {
+        if live != live2 {
+            assert_eq!((Some(*live2), Some(*live)), (*spare, *spare2), "copies swapped");
+        }
+    }
     assert!(tcp_ok(other, server, 8080), "other is trusted now");
     assert!(exchange(&mut live, b"after"), "the live connection never noticed");
 
@@ -1702,6 +1719,8 @@ fn relabelling_a_pod_elsewhere_updates_maps_in_place() {
     let r3 = attach_two();
     assert_eq!(r3["in_place"], true, "{r3}");
     assert!(!tcp_ok(other, server, 8080), "other is not trusted any more");
+    // Back on the first copy, whose tables already said so: switched, nothing written.
+    assert_eq!(program_ids(), ids, "{r3}");
     // Nothing changed at all: in place with no entries to touch.
     let r4 = attach_two();
     assert_eq!(

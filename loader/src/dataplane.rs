@@ -160,6 +160,13 @@ pub enum MapBinding {
     RuntimeJump,
     /// [`Desired::maps`]`[i]`.
     Shared(usize),
+    /// [`Desired::maps`]`[i]`, a table of this program alone whose entries refer to each
+    /// other (class ids, trie nodes, rows): entry-by-entry updates would let a packet see
+    /// a mix of two numberings. Such maps are kept in two copies and the program is loaded
+    /// once per copy; an in-place update rewrites the spare copy, then switches the
+    /// program's `POLC_JUMP` slot to it in one step. Only for single-part programs, and a
+    /// map bound this way belongs to one program.
+    Own(usize),
     /// The program's own prog array of its parts (part k at index k).
     OwnParts,
 }
@@ -390,6 +397,10 @@ struct MetaProgram {
     listing: String,
     /// Pin name (in the generation directory) of the rule-hit counters.
     counters: Option<String>,
+    /// Programs with [`MapBinding::Own`] maps: which copy is live in the slot (0: the maps
+    /// pinned under their names and program `prog_{i}_a`; 1: `copyb_NAME` and `prog_{i}_b`).
+    #[serde(default)]
+    live_copy: Option<u8>,
 }
 
 /// Which tc hook of the host-side interface.
@@ -461,6 +472,9 @@ struct MetaLink {
 }
 
 const META_PIN: &str = "meta";
+/// Pin prefixes of second copies of own maps, and of programs with own maps.
+const OWN_COPY_PREFIX: &str = "copyb_";
+const OWN_PROG_PREFIX: &str = "prog_";
 const CURRENT_PIN: &str = "polc_current";
 /// Bytes per entry of the record map; entry 0 starts with the record's u64 length.
 const META_CHUNK: usize = 4096;
@@ -915,6 +929,40 @@ fn map_entries(fd: BorrowedFd<'_>) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
     Ok(out)
 }
 
+/// Keys to delete, then entries to write.
+type MapDiff = (Vec<Vec<u8>>, Vec<(Vec<u8>, Vec<u8>)>);
+
+/// The keys to delete from a map holding `current` and the entries to write so that it
+/// holds what `m` describes (an array has every key: one `m` leaves out is zero).
+fn map_diff(m: &MapDef, current: &BTreeMap<Vec<u8>, Vec<u8>>) -> MapDiff {
+    let mut want: BTreeMap<&[u8], &[u8]> =
+        m.entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+    let zero = vec![0u8; m.value_size as usize];
+    if m.kind == MapKind::Array {
+        for k in current.keys() {
+            want.entry(k.as_slice()).or_insert(zero.as_slice());
+        }
+    }
+    let deletes = current.keys().filter(|k| !want.contains_key(k.as_slice())).cloned().collect();
+    let updates = (want.iter())
+        .filter(|(k, v)| current.get(**k).map(Vec::as_slice) != Some(**v))
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect();
+    (deletes, updates)
+}
+
+/// One map's changes in an in-place update.
+struct MapPlan {
+    name: String,
+    fd: Fd,
+    /// Its entries before.
+    current: BTreeMap<Vec<u8>, Vec<u8>>,
+    deletes: Vec<Vec<u8>>,
+    updates: Vec<(Vec<u8>, Vec<u8>)>,
+    /// For the spare copy of an own map: (program, copy written).
+    owner: Option<(usize, u8)>,
+}
+
 /// When `desired` differs from the live generation only in map contents (and services),
 /// updates the live maps entry by entry and keeps every program, slot and link: pod churn
 /// elsewhere in the cluster costs map updates, not program loads. Each entry changes
@@ -936,58 +984,92 @@ fn update_in_place(
         return Ok(None);
     }
     let dir = gen_dir(pin, old.generation);
+    // The owner of each own map, and the copy an update writes: the spare one.
+    let mut spare_of: BTreeMap<usize, (usize, u8)> = BTreeMap::new();
+    for (i, p) in desired.programs.iter().enumerate() {
+        for (_, b) in &p.maps {
+            if let MapBinding::Own(k) = *b {
+                // A record without copies (older polc) gets a new generation.
+                let Some(live) = old.programs.get(i).and_then(|m| m.live_copy) else {
+                    return Ok(None);
+                };
+                spare_of.insert(k, (i, 1 - live.min(1)));
+            }
+        }
+    }
     // The diff per map, computed before anything changes.
     let mut plans = Vec::new();
-    for m in &desired.maps {
+    for (k, m) in desired.maps.iter().enumerate() {
         if matches!(m.kind, MapKind::PerCpuArray | MapKind::ProgArray) {
             continue; // rule-hit counters and parts: runtime data, kept
         }
-        let Some(fd) = bpffs::get_pinned(&dir.join(&m.name))? else { return Ok(None) };
-        let current = map_entries(fd.as_fd())?;
-        let mut want: BTreeMap<&[u8], &[u8]> =
-            m.entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
-        // An array has every key: one the description leaves out is zero, not deleted.
-        let zero = vec![0u8; m.value_size as usize];
-        if m.kind == MapKind::Array {
-            for k in current.keys() {
-                want.entry(k.as_slice()).or_insert(zero.as_slice());
+        let owner = spare_of.get(&k).copied();
+        let pinned = |copy: u8| -> Result<Option<Fd>> {
+            Ok(bpffs::get_pinned(&dir.join(own_map_pin(&m.name, copy)))?)
+        };
+        // Own maps: nothing to do when the live copy is already right; else the spare copy
+        // is rewritten (possibly with nothing to change) and the program switches to it.
+        if let Some((_, spare)) = owner {
+            let Some(live) = pinned(1 - spare)? else { return Ok(None) };
+            let (deletes, updates) = map_diff(m, &map_entries(live.as_fd())?);
+            if deletes.is_empty() && updates.is_empty() {
+                continue;
             }
         }
-        let deletes: Vec<Vec<u8>> =
-            current.keys().filter(|k| !want.contains_key(k.as_slice())).cloned().collect();
-        let updates: Vec<(Vec<u8>, Vec<u8>)> = (want.iter())
-            .filter(|(k, v)| current.get(**k).map(Vec::as_slice) != Some(**v))
-            .map(|(k, v)| (k.to_vec(), v.to_vec()))
-            .collect();
-        if !deletes.is_empty() || !updates.is_empty() {
-            plans.push((m.name.clone(), fd, current, deletes, updates));
+        let Some(fd) = pinned(owner.map_or(0, |(_, spare)| spare))? else { return Ok(None) };
+        let current = map_entries(fd.as_fd())?;
+        let (deletes, updates) = map_diff(m, &current);
+        if !deletes.is_empty() || !updates.is_empty() || owner.is_some() {
+            plans.push(MapPlan { name: m.name.clone(), fd, current, deletes, updates, owner });
         }
     }
+    // Spare copies first: no packet sees them until their program's slot switches.
+    plans.sort_by_key(|p| p.owner.is_none());
     let nat = prepare_services(desired, Some(old), rt)?;
-    // Deletes first: the map never needs room for old and new at once.
     let mut changed = 0usize;
     let mut failure = None;
-    'apply: for (name, fd, _, deletes, updates) in &plans {
-        for k in deletes {
-            if let Err(e) = sys::map_delete(fd.as_fd(), k) {
-                failure = Some(failed(format!("updating {name} in place: {e}")));
+    'apply: for plan in &plans {
+        // Deletes first: the map never needs room for old and new at once.
+        for k in &plan.deletes {
+            if let Err(e) = sys::map_delete(plan.fd.as_fd(), k) {
+                failure = Some(failed(format!("updating {} in place: {e}", plan.name)));
                 break 'apply;
             }
             changed += 1;
         }
-        for (k, v) in updates {
-            if let Err(e) = sys::map_update(fd.as_fd(), k, v, UpdateFlags::Any) {
-                failure = Some(failed(format!("updating {name} in place: {e}")));
+        for (k, v) in &plan.updates {
+            if let Err(e) = sys::map_update(plan.fd.as_fd(), k, v, UpdateFlags::Any) {
+                failure = Some(failed(format!("updating {} in place: {e}", plan.name)));
                 break 'apply;
             }
             changed += 1;
+        }
+    }
+    // Then each program whose own maps changed moves to its spare copy, in one step.
+    let mut meta = old.clone();
+    let flips: BTreeSet<(usize, u8)> = plans.iter().filter_map(|p| p.owner).collect();
+    let mut flipped: Vec<(u32, usize, u8)> = Vec::new();
+    for &(i, spare) in &flips {
+        if failure.is_some() {
+            break;
+        }
+        let Some(m) = meta.programs.get_mut(i) else { continue };
+        let switch = bpffs::get_pinned(&dir.join(own_prog_pin(i, spare)))
+            .map_err(DataplaneError::from)
+            .and_then(|fd| fd.ok_or_else(|| failed(format!("{}: spare copy not pinned", m.label))))
+            .and_then(|fd| Ok(sys::prog_array_set(rt.jump.as_fd(), m.slot, fd.as_fd())?));
+        match switch {
+            Ok(()) => {
+                flipped.push((m.slot, i, 1 - spare));
+                m.live_copy = Some(spare);
+            }
+            Err(e) => failure = Some(e),
         }
     }
     let mut frontends_switched = Saved::new();
     if failure.is_none() {
         failure = switch_frontends(rt, &nat.services, Some(old), &mut frontends_switched).err();
     }
-    let mut meta = old.clone();
     meta.services = nat.services.clone();
     for (m, p) in meta.programs.iter_mut().zip(&desired.programs) {
         m.listing = p.listing.clone();
@@ -996,13 +1078,19 @@ fn update_in_place(
         failure = write_meta(&dir, &meta).err();
     }
     if let Some(e) = failure {
-        // Put every map back as it was, then the frontends.
-        for (_, fd, before, _, updates) in &plans {
-            for (k, _) in updates.iter().filter(|(k, _)| !before.contains_key(k)) {
-                let _ = sys::map_delete(fd.as_fd(), k);
+        // Programs back on the copies they ran, every shared map back as it was, then the
+        // frontends (spare copies are not seen by anything: left as they are).
+        for &(slot, i, copy) in &flipped {
+            if let Ok(Some(fd)) = bpffs::get_pinned(&dir.join(own_prog_pin(i, copy))) {
+                let _ = sys::prog_array_set(rt.jump.as_fd(), slot, fd.as_fd());
             }
-            for (k, v) in before {
-                let _ = sys::map_update(fd.as_fd(), k, v, UpdateFlags::Any);
+        }
+        for plan in plans.iter().filter(|p| p.owner.is_none()) {
+            for (k, _) in plan.updates.iter().filter(|(k, _)| !plan.current.contains_key(k)) {
+                let _ = sys::map_delete(plan.fd.as_fd(), k);
+            }
+            for (k, v) in &plan.current {
+                let _ = sys::map_update(plan.fd.as_fd(), k, v, UpdateFlags::Any);
             }
         }
         restore(rt.nat_fe.as_fd(), &frontends_switched);
@@ -1189,7 +1277,9 @@ fn validate(d: &Desired) -> Result<()> {
             && m.name.len() <= 15
             && m.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
             && m.name != META_PIN
-            && !m.name.starts_with("parts_");
+            && !m.name.starts_with("parts_")
+            && !m.name.starts_with(OWN_COPY_PREFIX)
+            && !m.name.starts_with(OWN_PROG_PREFIX);
         if !ok || !names.insert(m.name.as_str()) {
             return Err(invalid(format!("map name `{}` is invalid or repeated", m.name)));
         }
@@ -1199,9 +1289,23 @@ fn validate(d: &Desired) -> Result<()> {
             return Err(invalid(format!("program {i} ({}) has no instructions", p.label)));
         }
         for (h, b) in &p.maps {
-            if let MapBinding::Shared(k) = b {
+            if let MapBinding::Shared(k) | MapBinding::Own(k) = b {
                 if *k >= d.maps.len() {
                     return Err(invalid(format!("program {i} binds handle {h} to no map")));
+                }
+            }
+            if let MapBinding::Own(k) = b {
+                if p.parts.len() > 1 {
+                    return Err(invalid(format!("program {i} has parts and own tables")));
+                }
+                let others = (d.programs.iter().enumerate()).any(|(j, q)| {
+                    j != i
+                        && q.maps.iter().any(|(_, b)| {
+                            matches!(b, MapBinding::Own(x) | MapBinding::Shared(x) if x == k)
+                        })
+                });
+                if others {
+                    return Err(invalid(format!("program {i}'s own map {k} is bound elsewhere")));
                 }
             }
         }
@@ -1283,23 +1387,51 @@ struct Built {
     slots: Vec<u32>,
 }
 
-/// Creates and pins generation maps, loads every program into a free slot.
+/// Whether map `k` of the description is bound [`MapBinding::Own`] by some program.
+fn is_own(desired: &Desired, k: usize) -> bool {
+    (desired.programs.iter().flat_map(|p| &p.maps)).any(|(_, b)| *b == MapBinding::Own(k))
+}
+
+/// Pin name of copy `copy` (0 or 1) of an own map (bpffs names have no dots).
+fn own_map_pin(name: &str, copy: u8) -> String {
+    if copy == 0 {
+        name.to_string()
+    } else {
+        format!("{OWN_COPY_PREFIX}{name}")
+    }
+}
+
+/// Pin name of copy `copy` of program `i` (programs with own maps only).
+fn own_prog_pin(i: usize, copy: u8) -> String {
+    format!("{OWN_PROG_PREFIX}{i}_{}", if copy == 0 { 'a' } else { 'b' })
+}
+
+/// Creates a map of the description, fills it and pins it under `pin_name`.
+fn create_map(m: &MapDef, dir: &Path, pin_name: &str) -> Result<Fd> {
+    let fd = sys::map_create(&MapSpec {
+        kind: m.kind,
+        name: &m.name,
+        key_size: m.key_size,
+        value_size: m.value_size,
+        max_entries: m.max_entries,
+    })?;
+    for (k, v) in &m.entries {
+        sys::map_update(fd.as_fd(), k, v, UpdateFlags::Any)
+            .map_err(|e| failed(format!("filling {}: {e}", m.name)))?;
+    }
+    bpffs::pin(fd.as_fd(), &dir.join(pin_name))?;
+    Ok(fd)
+}
+
+/// Creates and pins generation maps (own maps twice), loads every program into a free slot
+/// (a program with own maps also once more, bound to the second copies, and pins both).
 fn build_generation(desired: &Desired, rt: &RuntimeFds, dir: &Path) -> Result<Built> {
     let mut maps = Vec::new();
-    for m in &desired.maps {
-        let fd = sys::map_create(&MapSpec {
-            kind: m.kind,
-            name: &m.name,
-            key_size: m.key_size,
-            value_size: m.value_size,
-            max_entries: m.max_entries,
-        })?;
-        for (k, v) in &m.entries {
-            sys::map_update(fd.as_fd(), k, v, UpdateFlags::Any)
-                .map_err(|e| failed(format!("filling {}: {e}", m.name)))?;
-        }
-        bpffs::pin(fd.as_fd(), &dir.join(&m.name))?;
-        maps.push(fd);
+    let mut second: Vec<Option<Fd>> = Vec::new();
+    for (k, m) in desired.maps.iter().enumerate() {
+        maps.push(create_map(m, dir, &m.name)?);
+        let own = is_own(desired, k);
+        second.push(if own { Some(create_map(m, dir, &own_map_pin(&m.name, 1))?) } else { None });
     }
     let mut free = free_slots(rt)?.into_iter();
     let mut out = Built { programs: Vec::new(), slots: Vec::new() };
@@ -1319,28 +1451,36 @@ fn build_generation(desired: &Desired, rt: &RuntimeFds, dir: &Path) -> Result<Bu
         } else {
             None
         };
+        let has_own = p.maps.iter().any(|(_, b)| matches!(b, MapBinding::Own(_)));
         let mut first = None;
-        for (k, insns) in p.parts.iter().enumerate() {
-            let patched = patch_handles(insns, |h| {
-                let b = p.maps.iter().find(|(hh, _)| *hh == h).map(|(_, b)| *b)?;
-                let fd = match b {
-                    MapBinding::RuntimeState => &rt.state,
-                    MapBinding::RuntimeJump => &rt.jump,
-                    MapBinding::Shared(s) => maps.get(s)?,
-                    MapBinding::OwnParts => parts_map.as_ref()?,
-                };
-                Some(fd.raw() as u32)
-            })
-            .map_err(|e| failed(format!("{}: {e}", p.label)))?;
-            let name = format!("polc_p{i}_{k}");
-            let name = if name.len() > 15 { "polc_policy".to_string() } else { name };
-            let fd = sys::prog_load(&name, &patched)
-                .map_err(|e| failed(format!("loading {} part {k}: {e}", p.label)))?;
-            if let Some(pm) = &parts_map {
-                sys::prog_array_set(pm.as_fd(), k as u32, fd.as_fd())?;
-            }
-            if k == 0 {
-                first = Some(fd);
+        for copy in 0..=u8::from(has_own) {
+            for (k, insns) in p.parts.iter().enumerate() {
+                let patched = patch_handles(insns, |h| {
+                    let b = p.maps.iter().find(|(hh, _)| *hh == h).map(|(_, b)| *b)?;
+                    let fd = match b {
+                        MapBinding::RuntimeState => &rt.state,
+                        MapBinding::RuntimeJump => &rt.jump,
+                        MapBinding::Shared(s) => maps.get(s)?,
+                        MapBinding::Own(s) if copy == 0 => maps.get(s)?,
+                        MapBinding::Own(s) => second.get(s)?.as_ref()?,
+                        MapBinding::OwnParts => parts_map.as_ref()?,
+                    };
+                    Some(fd.raw() as u32)
+                })
+                .map_err(|e| failed(format!("{}: {e}", p.label)))?;
+                let name = format!("polc_p{i}_{k}");
+                let name = if name.len() > 15 { "polc_policy".to_string() } else { name };
+                let fd = sys::prog_load(&name, &patched)
+                    .map_err(|e| failed(format!("loading {} part {k}: {e}", p.label)))?;
+                if let Some(pm) = &parts_map {
+                    sys::prog_array_set(pm.as_fd(), k as u32, fd.as_fd())?;
+                }
+                if has_own {
+                    bpffs::pin(fd.as_fd(), &dir.join(own_prog_pin(i, copy)))?;
+                }
+                if k == 0 && copy == 0 {
+                    first = Some(fd);
+                }
             }
         }
         let first = first.ok_or_else(|| failed(format!("{} has no part 0", p.label)))?;
@@ -1354,6 +1494,7 @@ fn build_generation(desired: &Desired, rt: &RuntimeFds, dir: &Path) -> Result<Bu
             parts: p.parts.len(),
             listing: p.listing.clone(),
             counters: p.counters.and_then(|c| desired.maps.get(c)).map(|m| m.name.clone()),
+            live_copy: has_own.then_some(0),
         });
     }
     Ok(out)
@@ -1773,6 +1914,9 @@ pub struct PolicyStatus {
     pub parts: usize,
     /// The kernel's view of part 0 (id, name, sizes); `None` if the slot is empty.
     pub kernel: Option<ProgSummary>,
+    /// Programs with own tables ([`MapBinding::Own`]): the copy loaded for the spare
+    /// tables, which the next in-place update switches the slot to.
+    pub spare: Option<ProgSummary>,
 }
 
 /// Conntrack fill level in [`Status`].
@@ -1817,12 +1961,23 @@ pub fn status(pin_path: &Path) -> Result<Status> {
             }
             None => None,
         };
+        let spare = match p.live_copy {
+            Some(live) => {
+                let pin = gen_dir(pin_path, generation).join(own_prog_pin(idx, 1 - live.min(1)));
+                match bpffs::get_pinned(&pin)? {
+                    Some(fd) => Some(bpffs::prog_summary(fd.as_fd())?),
+                    None => None,
+                }
+            }
+            None => None,
+        };
         Ok(PolicyStatus {
             label: p.label.clone(),
             slot: p.slot,
             insns: p.insns,
             parts: p.parts,
             kernel,
+            spare,
         })
     };
     let mut endpoints = Vec::new();
@@ -2145,8 +2300,26 @@ mod tests {
         d4.endpoints[0].addresses.truncate(2);
         d4.endpoints[0].ingress_v6 = Some(1);
         assert!(validate(&d4).unwrap_err().to_string().contains("missing program"));
-        let d3 = Desired { maps: vec![bad_map], ..Desired::default() };
+        let d3 = Desired { maps: vec![bad_map.clone()], ..Desired::default() };
         assert!(validate(&d3).unwrap_err().to_string().contains("`a.b`"));
+        // Own maps: one program, one part; their copies' pin names are reserved.
+        let table = MapDef { name: "classes_0".into(), ..bad_map.clone() };
+        let mut d5 = Desired { maps: vec![table], ..d.clone() };
+        d5.programs[0].maps = vec![(2, MapBinding::Own(0))];
+        assert!(validate(&d5).is_ok());
+        let mut two = d5.clone();
+        let other =
+            PolicyProgram { maps: vec![(3, MapBinding::Shared(0))], ..d5.programs[0].clone() };
+        two.programs.push(other);
+        assert!(validate(&two).unwrap_err().to_string().contains("bound elsewhere"));
+        let mut parts = d5.clone();
+        parts.programs[0].parts.push(vec![0x95, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(validate(&parts).unwrap_err().to_string().contains("has parts and own tables"));
+        for reserved in ["copyb_x", "prog_1_a"] {
+            let m = MapDef { name: reserved.into(), ..bad_map.clone() };
+            let d6 = Desired { maps: vec![m], ..Desired::default() };
+            assert!(validate(&d6).unwrap_err().to_string().contains(reserved), "{reserved}");
+        }
         let svc = ServiceDef {
             label: "service a/b 10.96.0.1:80/TCP".into(),
             frontend: NatFrontendKey {
