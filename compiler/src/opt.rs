@@ -797,7 +797,9 @@ impl PairGrid {
 
 /// A per-program array map holding `values` at indexes 0, 1, ..., and its contents, with
 /// room for at least `room` entries (the rest zero: contents that grow with pod churn keep
-/// the map's shape, so the loader can update it in place).
+/// the map's shape, so the loader can update it in place). Zero values are left out of the
+/// contents: an array starts zeroed, and the loader's in-place diff writes zeros for keys
+/// the contents leave out (the port array is mostly row 0: 196,608 entries otherwise).
 fn array_map(
     handle: u32,
     name: &str,
@@ -805,15 +807,20 @@ fn array_map(
     values: impl IntoIterator<Item = Vec<u8>>,
     room: u32,
 ) -> (MapSpec, crate::compile::MapEntries) {
-    let entries: crate::compile::MapEntries =
-        (0u32..).zip(values).map(|(i, v)| (i.to_ne_bytes().to_vec(), v)).collect();
+    let mut len = 0u32;
+    let entries: crate::compile::MapEntries = (0u32..)
+        .zip(values)
+        .inspect(|&(i, _)| len = i + 1)
+        .filter(|(_, v)| v.iter().any(|&b| b != 0))
+        .map(|(i, v)| (i.to_ne_bytes().to_vec(), v))
+        .collect();
     let spec = MapSpec {
         handle,
         name: name.to_string(),
         kind: MapKind::Array,
         key_size: 4,
         value_size,
-        max_entries: (entries.len() as u32).max(room).max(1),
+        max_entries: len.max(room).max(1),
         flags: 0,
     };
     (spec, entries)
