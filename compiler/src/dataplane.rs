@@ -32,6 +32,17 @@ pub struct AttachArgs {
     /// tc attachment: TCX links where available (auto), TCX only, or legacy clsact filters.
     #[arg(long = "tc-mode", value_enum, default_value = "auto")]
     pub tc_mode: TcModeArg,
+    #[command(flatten)]
+    pub runtime: RuntimeFlags,
+    /// `text` or `json`.
+    #[arg(long = "output", value_enum, default_value = "text")]
+    pub output: OutputFormat,
+}
+
+/// Runtime settings of `polc attach` and `polc agent`, used when the runtime is first
+/// loaded under the pin path (a runtime already pinned keeps its own).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct RuntimeFlags {
     /// Conntrack capacity, used when the runtime is first loaded.
     #[arg(long = "ct-entries", default_value_t = polc_abi::CT_DEFAULT_ENTRIES,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -42,9 +53,17 @@ pub struct AttachArgs {
     #[arg(long = "flow-cache-ms", default_value_t = polc_abi::FLOW_CACHE_DEFAULT_NS / 1_000_000,
           value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub flow_cache_ms: u64,
-    /// `text` or `json`.
-    #[arg(long = "output", value_enum, default_value = "text")]
-    pub output: OutputFormat,
+}
+
+impl RuntimeFlags {
+    /// The loader's runtime settings.
+    pub fn config(self) -> RuntimeConfig {
+        RuntimeConfig {
+            ct_max_entries: self.ct_entries,
+            flow_cache_ns: self.flow_cache_ms * 1_000_000,
+            ..RuntimeConfig::default()
+        }
+    }
 }
 
 /// `--tc-mode` values.
@@ -102,6 +121,8 @@ pub struct AgentArgs {
     #[arg(long = "debounce-ms", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub debounce_ms: u64,
+    #[command(flatten)]
+    pub runtime: RuntimeFlags,
 }
 
 /// `--hook` values.
@@ -370,15 +391,6 @@ pub fn desired_from_files(
     Ok((d, notes))
 }
 
-/// The runtime settings `polc attach` asks for (used when it first loads the runtime).
-fn runtime_config(args: &AttachArgs) -> RuntimeConfig {
-    RuntimeConfig {
-        ct_max_entries: args.ct_entries,
-        flow_cache_ns: args.flow_cache_ms * 1_000_000,
-        ..RuntimeConfig::default()
-    }
-}
-
 /// `polc attach`.
 pub fn run_attach(args: &AttachArgs) -> Result<()> {
     let endpoints = args.endpoints.iter().map(|s| parse_endpoint(s)).collect::<Result<Vec<_>>>()?;
@@ -393,7 +405,7 @@ pub fn run_attach(args: &AttachArgs) -> Result<()> {
             TcModeArg::Tcx => TcMode::Tcx,
             TcModeArg::Legacy => TcMode::Legacy,
         },
-        runtime: runtime_config(args),
+        runtime: args.runtime.config(),
     };
     let report = dp::attach(&d, &opts).map_err(loader_err)?;
     match args.output {
@@ -597,7 +609,11 @@ fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<std::time::System
 /// change again. Runs until killed; the attached policy stays after it exits.
 pub fn run_agent(args: &AgentArgs) -> Result<()> {
     let endpoints = args.endpoints.iter().map(|s| parse_endpoint(s)).collect::<Result<Vec<_>>>()?;
-    let opts = AttachOptions { pin_path: args.pin_path.clone(), ..AttachOptions::default() };
+    let opts = AttachOptions {
+        pin_path: args.pin_path.clone(),
+        runtime: args.runtime.config(),
+        ..AttachOptions::default()
+    };
     let interval = std::time::Duration::from_millis(args.interval_ms);
     let debounce = std::time::Duration::from_millis(args.debounce_ms);
     let mut applied: Option<Desired> = None;
@@ -653,18 +669,29 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    /// `polc attach`'s flags, parsed the way the binary parses them.
+    /// `polc attach`'s and `polc agent`'s flags, parsed the way the binary parses them.
     #[derive(clap::Parser)]
     struct Attach {
         #[command(flatten)]
         args: AttachArgs,
     }
+    #[derive(clap::Parser)]
+    struct Agent {
+        #[command(flatten)]
+        args: AgentArgs,
+    }
 
     #[test]
-    fn attach_flags_set_the_runtime_config() {
+    fn attach_and_agent_flags_set_the_runtime_config() {
+        let base = ["polc", "-f", "x.yaml", "--endpoint", "a/b=v0"];
+        let agent = |extra: &[&str]| {
+            Agent::try_parse_from(base.iter().chain(extra)).map(|a| a.args.runtime.config())
+        };
+        let set = agent(&["--flow-cache-ms", "0", "--ct-entries", "4096"]).unwrap();
+        assert_eq!((set.flow_cache_ns, set.ct_max_entries), (0, 4096));
+        assert_eq!(agent(&[]).unwrap().flow_cache_ns, polc_abi::FLOW_CACHE_DEFAULT_NS);
         let parse = |extra: &[&str]| {
-            let base = ["polc", "-f", "x.yaml", "--endpoint", "a/b=v0"];
-            Attach::try_parse_from(base.iter().chain(extra)).map(|a| runtime_config(&a.args))
+            Attach::try_parse_from(base.iter().chain(extra)).map(|a| a.args.runtime.config())
         };
         let default = parse(&[]).unwrap();
         assert_eq!(default.flow_cache_ns, polc_abi::FLOW_CACHE_DEFAULT_NS);
