@@ -847,6 +847,14 @@ fn program_file_name(p: &CompiledProgram) -> String {
 pub fn elf_object(compiled: &Compiled, p: &CompiledProgram, part: usize) -> Result<Vec<u8>> {
     let specs = compiled.program_map_specs(p);
     let the_part = p.parts.get(part).ok_or_else(|| Error::other(format!("no part {part}")))?;
+    use crate::asm::{Insn, Pseudo};
+    // Maps the part addresses directly become `.bss` variables (see `elf`).
+    let direct: std::collections::BTreeSet<u32> = (the_part.program.insns.iter())
+        .filter_map(|insn| match insn {
+            Insn::LdImm64 { pseudo: Pseudo::MapValue, imm, .. } => Some(*imm as u32),
+            _ => None,
+        })
+        .collect();
     let maps: Vec<ElfMap> = specs
         .iter()
         .map(|m| ElfMap {
@@ -856,18 +864,28 @@ pub fn elf_object(compiled: &Compiled, p: &CompiledProgram, part: usize) -> Resu
             value_size: m.value_size,
             max_entries: m.max_entries,
             map_flags: m.flags,
+            direct: direct.contains(&m.handle),
         })
         .collect();
-    // The relocations supply the maps; the immediates must be zero in the object.
-    let bytes = crate::engine::patch_map_handles(the_part, |_| Some(0))?;
+    // The relocations supply the maps. A map fd's immediates are zero in the object; a map
+    // value's first immediate is the offset into the variable (libbpf adds the variable's
+    // offset in `.bss` and moves the sum to the second).
+    let mut bytes = crate::engine::patch_map_handles(the_part, |_| Some(0))?;
     let mut relocs = Vec::new();
     let mut slot = 0usize;
     for insn in &the_part.program.insns {
-        if let crate::asm::Insn::LdImm64 { pseudo: crate::asm::Pseudo::MapFd, imm, .. } = insn {
-            let map = specs.iter().position(|m| m.handle as u64 == *imm).ok_or_else(|| {
-                Error::other(format!("instruction {slot} refers to unknown map {imm}"))
+        if let Insn::LdImm64 { pseudo: pseudo @ (Pseudo::MapFd | Pseudo::MapValue), imm, .. } = insn
+        {
+            let handle = *imm as u32;
+            let map = specs.iter().position(|m| m.handle == handle).ok_or_else(|| {
+                Error::other(format!("instruction {slot} refers to unknown map {handle}"))
             })?;
             relocs.push(MapReloc { insn_index: slot, map });
+            if *pseudo == Pseudo::MapValue {
+                let offset = (*imm >> 32) as u32;
+                bytes[slot * 8 + 4..slot * 8 + 8].copy_from_slice(&offset.to_le_bytes());
+                bytes[slot * 8 + 12..slot * 8 + 16].copy_from_slice(&[0; 4]);
+            }
         }
         slot += insn.slots();
     }

@@ -6,6 +6,11 @@
 //! describes each definition the way libbpf expects (`__uint(field, value)` members, i.e.
 //! `int (*field)[value]`), and `R_BPF_64_64` relocations from each map-loading `LD_IMM64` to
 //! its map's symbol. libbpf 1.x refuses the legacy `maps` section, hence the BTF.
+//!
+//! Maps the program addresses directly (`BPF_PSEUDO_MAP_VALUE`: single-entry arrays read
+//! without a lookup) are global variables instead: one GLOBAL OBJECT symbol each in `.bss`,
+//! which libbpf turns into one array map with every variable at its offset, and an
+//! `R_BPF_64_64` relocation whose first-slot immediate is the offset into the variable.
 
 use std::collections::{HashMap, HashSet};
 
@@ -35,7 +40,9 @@ const INSN_SIZE: usize = 8;
 /// `R_BPF_64_64`: the relocation libbpf resolves to a map fd in an `LD_IMM64`.
 const R_BPF_64_64: u32 = 1;
 /// Section names this writer creates itself, so the program may not use them.
-const RESERVED_SECTIONS: [&str; 3] = ["license", ".maps", ".BTF"];
+const RESERVED_SECTIONS: [&str; 4] = ["license", ".maps", ".BTF", ".bss"];
+/// `BPF_PSEUDO_MAP_VALUE`: the `src_reg` of an `LD_IMM64` that addresses a map's value.
+const PSEUDO_MAP_VALUE: u8 = 2;
 
 /// One map the program references, described as a BTF-defined map.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +56,9 @@ pub struct ElfMap {
     pub max_entries: u32,
     /// `BPF_F_*`; only emitted in the definition when non-zero.
     pub map_flags: u32,
+    /// The program addresses the map's one value directly: written as a `.bss` variable of
+    /// `value_size` bytes, not as a `.maps` definition (an array with one entry only).
+    pub direct: bool,
 }
 
 /// A map reference: the `LD_IMM64` at `insn_index` loads the fd of `maps[map]`.
@@ -122,39 +132,64 @@ pub fn write_object(p: &ElfProgram) -> Result<Vec<u8>, ElfError> {
         return obj.write().map_err(|e| ElfError::new(format!("cannot write: {e}")));
     }
 
-    let defs: Vec<MapDef> = p.maps.iter().map(MapDef::new).collect();
-    let mut offsets = Vec::with_capacity(defs.len());
-    let mut maps_len = 0u32;
-    for def in &defs {
-        offsets.push(maps_len);
-        maps_len = maps_len
-            .checked_add(def.size())
-            .ok_or_else(|| ElfError::new("too many maps for one .maps section"))?;
+    // Directly addressed maps: `.bss` variables, 8-byte aligned, in map order.
+    let mut symbol_of = vec![None; p.maps.len()];
+    if p.maps.iter().any(|m| m.direct) {
+        let bss = obj.add_section(Vec::new(), b".bss".to_vec(), SectionKind::UninitializedData);
+        for (i, map) in p.maps.iter().enumerate().filter(|(_, m)| m.direct) {
+            let size = u64::from(map.value_size);
+            let offset = obj.append_section_bss(bss, size.next_multiple_of(8), 8);
+            symbol_of[i] = Some(obj.add_symbol(Symbol {
+                name: map.name.as_bytes().to_vec(),
+                value: offset,
+                size,
+                kind: SymbolKind::Data,
+                scope: SymbolScope::Dynamic,
+                weak: false,
+                section: SymbolSection::Section(bss),
+                flags: SymbolFlags::None,
+            }));
+        }
     }
-
-    let maps_section = obj.add_section(Vec::new(), b".maps".to_vec(), SectionKind::Data);
-    obj.append_section_data(maps_section, &vec![0u8; maps_len as usize], 8);
-    let mut map_symbols = Vec::with_capacity(defs.len());
-    for (def, &offset) in defs.iter().zip(&offsets) {
-        map_symbols.push(obj.add_symbol(Symbol {
-            name: def.name.as_bytes().to_vec(),
-            value: u64::from(offset),
-            size: u64::from(def.size()),
-            kind: SymbolKind::Data,
-            scope: SymbolScope::Dynamic,
-            weak: false,
-            section: SymbolSection::Section(maps_section),
-            flags: SymbolFlags::None,
-        }));
+    let defined: Vec<(usize, &ElfMap)> =
+        p.maps.iter().enumerate().filter(|(_, m)| !m.direct).collect();
+    if !defined.is_empty() {
+        let defs: Vec<MapDef> = defined.iter().map(|(_, m)| MapDef::new(m)).collect();
+        let mut offsets = Vec::with_capacity(defs.len());
+        let mut maps_len = 0u32;
+        for def in &defs {
+            offsets.push(maps_len);
+            maps_len = maps_len
+                .checked_add(def.size())
+                .ok_or_else(|| ElfError::new("too many maps for one .maps section"))?;
+        }
+        let maps_section = obj.add_section(Vec::new(), b".maps".to_vec(), SectionKind::Data);
+        obj.append_section_data(maps_section, &vec![0u8; maps_len as usize], 8);
+        for ((def, &offset), &(i, _)) in defs.iter().zip(&offsets).zip(&defined) {
+            symbol_of[i] = Some(obj.add_symbol(Symbol {
+                name: def.name.as_bytes().to_vec(),
+                value: u64::from(offset),
+                size: u64::from(def.size()),
+                kind: SymbolKind::Data,
+                scope: SymbolScope::Dynamic,
+                weak: false,
+                section: SymbolSection::Section(maps_section),
+                flags: SymbolFlags::None,
+            }));
+        }
+        let btf = obj.add_section(
+            Vec::new(),
+            b".BTF".to_vec(),
+            SectionKind::Elf(object::elf::SHT_PROGBITS),
+        );
+        obj.append_section_data(btf, &maps_btf(&defs, &offsets)?, 4);
     }
-
-    let btf =
-        obj.add_section(Vec::new(), b".BTF".to_vec(), SectionKind::Elf(object::elf::SHT_PROGBITS));
-    obj.append_section_data(btf, &maps_btf(&defs, &offsets)?, 4);
 
     for reloc in p.relocs {
-        let symbol = *map_symbols
+        let symbol = symbol_of
             .get(reloc.map)
+            .copied()
+            .flatten()
             .ok_or_else(|| ElfError::new(format!("relocation to missing map {}", reloc.map)))?;
         obj.add_relocation(
             text,
@@ -216,6 +251,14 @@ fn validate(p: &ElfProgram) -> Result<(), ElfError> {
         if map.map_type == 0 {
             return Err(ElfError::new(format!("map {:?} has no map type", map.name)));
         }
+        if map.direct
+            && (map.map_type != BPF_MAP_TYPE_ARRAY || map.key_size != 4 || map.max_entries != 1)
+        {
+            return Err(ElfError::new(format!(
+                "map {:?} is addressed directly, so it must be an array with one entry",
+                map.name
+            )));
+        }
         for (field, value) in MapDef::new(map).fields {
             if value > MAX_FIELD_VALUE {
                 return Err(ElfError::new(format!(
@@ -251,6 +294,14 @@ fn validate(p: &ElfProgram) -> Result<(), ElfError> {
         }
         if !seen.insert(i) {
             return Err(ElfError::new(format!("two relocations at insn {i}")));
+        }
+        // A directly addressed map needs a value address, any other map its fd.
+        let src = p.insns.get(i * INSN_SIZE + 1).map_or(0, |b| b >> 4);
+        if (src == PSEUDO_MAP_VALUE) != p.maps[reloc.map].direct {
+            return Err(ElfError::new(format!(
+                "relocation at insn {i}: LD_IMM64 src_reg {src} does not match map {:?}",
+                p.maps[reloc.map].name
+            )));
         }
     }
     Ok(())
@@ -571,6 +622,7 @@ mod tests {
                 value_size: 8,
                 max_entries: 16,
                 map_flags: 0,
+                direct: false,
             },
             ElfMap {
                 name: "lpm".into(),
@@ -579,6 +631,7 @@ mod tests {
                 value_size: 4,
                 max_entries: 64,
                 map_flags: BPF_F_NO_PREALLOC,
+                direct: false,
             },
         ]
     }

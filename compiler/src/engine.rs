@@ -59,14 +59,16 @@ fn outcome(state: &FlowState) -> Result<Outcome> {
     Ok(Outcome { verdict, rule_id: state.rule_id })
 }
 
-/// Replace each map handle in LD_IMM64 instructions by what `fd_of` returns for it.
+/// Replace each map handle in LD_IMM64 instructions (map fd or map value references: the
+/// handle is the first slot's immediate) by what `fd_of` returns for it.
 pub fn patch_map_handles(p: &Part, mut fd_of: impl FnMut(u32) -> Option<u32>) -> Result<Vec<u8>> {
     let mut bytes = p.bytes.clone();
     let mut slot = 0usize;
     for insn in &p.program.insns {
-        if let Insn::LdImm64 { pseudo: Pseudo::MapFd, imm, .. } = insn {
-            let fd = fd_of(*imm as u32)
-                .ok_or_else(|| Error::other(format!("program uses unknown map handle {imm}")))?;
+        if let Insn::LdImm64 { pseudo: Pseudo::MapFd | Pseudo::MapValue, imm, .. } = insn {
+            let handle = *imm as u32;
+            let fd = fd_of(handle)
+                .ok_or_else(|| Error::other(format!("program uses unknown map handle {handle}")))?;
             bytes[slot * 8 + 4..slot * 8 + 8].copy_from_slice(&fd.to_le_bytes());
         }
         slot += insn.slots();

@@ -5,9 +5,10 @@
 //! and of the "port side" of the flow (protocol, ports, ICMP type and code); the endpoint's
 //! own address is a constant. Every rule is one of:
 //! - address-only (or match-all): which rule of each tier matches first depends on the
-//!   peer address alone — the value `F[tier]` stored per address class in an LPM map
-//!   (one lookup: the longest matching prefix *is* the class, because every prefix the
-//!   policy mentions is an entry);
+//!   peer address alone — the value `F[tier]` stored per address class (the longest
+//!   matching prefix *is* the class, because every prefix the policy mentions is one),
+//!   found by a walk of the IPv4 class trie (a node per address byte) or, for IPv6, one
+//!   LPM map lookup;
 //! - port-only: `G[tier]`, written by the leaves of a decision tree over protocol, ports and
 //!   ICMP compiled to branches (logarithmic depth);
 //! - both: `H[tier]`, a sparse table of (address class, port class) pairs compiled to a
@@ -18,6 +19,12 @@
 //! match applies its default. Which rule matches which class is decided by evaluating the
 //! IR's own `rule_matches` on a representative flow of each class, so the tables follow the
 //! spec by construction. Log rules do not change verdicts and are not counted at -O2.
+//!
+//! Every table (class trie, class values, port array and rows, pair grid) is a
+//! single-entry array map whose one value holds all rows: the program computes a row's
+//! address from the map's value address (`BPF_PSEUDO_MAP_VALUE`) after a bounds check,
+//! with no lookup at all. An IPv4 decision makes two map lookups whatever the policy: this
+//! CPU's FlowState and the rule-hit counter, both per-CPU.
 //!
 //! Programs this scheme does not fit (an endpoint with several addresses of one family,
 //! more than [`MAX_TIERS`] tiers, or tables over budget) fall back to -O0.
@@ -418,9 +425,10 @@ fn generate_with(
             "address class of the peer: walk the class trie ({n} node{}), a node per address byte",
             if n == 1 { "" } else { "s" }
         ));
-        emit_trie_walk(&mut a, peer_off, fail);
+        emit_trie_walk(&mut a, peer_off, trie_rows(trie.nodes.len()), fail);
         a.comment("the class's value (r9): pair row, then F per tier");
-        lookup_u32(&mut a, Reg::R1, map::CLASS_VALUES, fail);
+        let rows = class_value_rows(ctx.classes.len());
+        emit_row_address(&mut a, Reg::R1, map::CLASS_VALUES, class_value_size(tiers), rows, fail);
         a.push(Insn::mov64(CLASS, Reg::R0));
     } else if use_classes {
         a.comment("address class of the peer: one LPM lookup (r9 = class value)");
@@ -468,7 +476,7 @@ fn generate_with(
                 if slot > 0 {
                     a.push(Insn::alu64(AluOp::Add, Reg::R2, slot << 16));
                 }
-                lookup_u32(a, Reg::R2, map::PORTS, fail);
+                emit_row_address(a, Reg::R2, map::PORTS, 4, pm.port_entries(), fail);
                 a.push(Insn::ldx(Size::W, QREG, Reg::R0, 0));
             };
             tree.emit(&mut a, done, &content, Some(&mut search), &mut |a, q| {
@@ -479,7 +487,8 @@ fn generate_with(
             port_leaves = 1;
             a.bind(done);
             a.comment("the port row: G per tier, then the pair port class");
-            lookup_u32(&mut a, QREG, map::PORT_ROWS, fail);
+            let rows = pm.rows.len() as u32;
+            emit_row_address(&mut a, QREG, map::PORT_ROWS, port_row_size(tiers), rows, fail);
             for t in (0..tiers).filter(|&t| tier_has_g[t]) {
                 a.push(Insn::ldx(Size::DW, Reg::R1, Reg::R0, 8 + 8 * t as i16));
                 a.push(Insn::stx(Size::DW, Reg::R10, g_slot(t), Reg::R1));
@@ -518,9 +527,10 @@ fn generate_with(
         a.push(Insn::ldx(Size::W, Reg::R1, CLASS, 0));
         a.push(Insn::alu64(AluOp::Mul, Reg::R1, grid.npq as i32));
         a.push(Insn::alu64(AluOp::Add, Reg::R1, QREG));
-        lookup_u32(&mut a, Reg::R1, map::PAIR_CELLS, fail);
+        emit_row_address(&mut a, Reg::R1, map::PAIR_CELLS, 4, grid.cells.len() as u32, fail);
         a.push(Insn::ldx(Size::W, Reg::R1, Reg::R0, 0));
-        lookup_u32(&mut a, Reg::R1, map::PAIR_VALUES, fail);
+        let rows = grid.values.len() as u32;
+        emit_row_address(&mut a, Reg::R1, map::PAIR_VALUES, 8 * tiers as u32, rows, fail);
         for (t, _) in tier_has_h.iter().enumerate().filter(|(_, &has)| has) {
             a.push(Insn::ldx(Size::DW, Reg::R1, Reg::R0, 8 * t as i16));
             a.push(Insn::stx(Size::DW, Reg::R10, h_slot(t), Reg::R1));
@@ -667,15 +677,15 @@ fn generate_with(
         }
         value
     };
-    let value_size = 8 + 8 * tiers as u32;
+    let value_size = class_value_size(tiers);
     let mut classes = Vec::new();
     if let Some(ClassTrie { nodes }) = trie {
-        let room = crate::codegen::room_for(nodes.len());
-        let nodes = nodes.iter().map(|n| n.iter().flat_map(|e| e.to_ne_bytes()).collect());
-        classes.push(array_map(map::CLASS_TRIE, "polc_classtrie", 4 * TRIE_FANOUT, nodes, room));
+        let rows = trie_rows(nodes.len());
+        let nodes = nodes.iter().map(|n| n.iter().flat_map(|&e| trie_entry(e).to_ne_bytes()));
+        classes.push(table_map(map::CLASS_TRIE, "polc_classtrie", 4 * TRIE_FANOUT, nodes, rows));
         let values = (0..ctx.classes.len()).map(class_value);
-        let room = crate::codegen::room_for(ctx.classes.len());
-        classes.push(array_map(map::CLASS_VALUES, "polc_classvals", value_size, values, room));
+        let rows = class_value_rows(ctx.classes.len());
+        classes.push(table_map(map::CLASS_VALUES, "polc_classvals", value_size, values, rows));
     } else if use_classes {
         let mut entries = Vec::new();
         for (c, class) in ctx.classes.iter().enumerate() {
@@ -785,45 +795,84 @@ impl PairGrid {
     }
 
     fn maps(self, tiers: usize) -> Vec<(MapSpec, crate::compile::MapEntries)> {
-        let cells = self.cells.iter().map(|v| v.to_ne_bytes().to_vec());
-        let values =
-            self.values.iter().map(|row| row.iter().flat_map(|v| v.to_ne_bytes()).collect());
+        let cells = self.cells.iter().map(|v| v.to_ne_bytes());
+        let values = self.values.iter().map(|row| row.iter().flat_map(|v| v.to_ne_bytes()));
+        let (ncells, nvalues) = (self.cells.len() as u32, self.values.len() as u32);
         vec![
-            array_map(map::PAIR_CELLS, "polc_paircells", 4, cells, 0),
-            array_map(map::PAIR_VALUES, "polc_pairvalues", 8 * tiers as u32, values, 0),
+            table_map(map::PAIR_CELLS, "polc_paircells", 4, cells, ncells),
+            table_map(map::PAIR_VALUES, "polc_pairvalues", 8 * tiers as u32, values, nvalues),
         ]
     }
 }
 
-/// A per-program array map holding `values` at indexes 0, 1, ..., and its contents, with
-/// room for at least `room` entries (the rest zero: contents that grow with pod churn keep
-/// the map's shape, so the loader can update it in place). Zero values are left out of the
-/// contents: an array starts zeroed, and the loader's in-place diff writes zeros for keys
-/// the contents leave out (the port array is mostly row 0: 196,608 entries otherwise).
-fn array_map(
+/// A table of this program: a single-entry array map whose one value holds `rows` rows of
+/// `stride` bytes, `rows` at index 0, 1, ... and zeros after. The program addresses a row
+/// directly ([`emit_row_address`]: a bounds check and an address computation, no lookup),
+/// so the rows are read with no helper call and no per-lookup cost beyond the loads.
+/// `capacity` (at least the number of rows) fixes the map's shape: tables sized with room
+/// keep their shape as pod churn changes their contents, so the loader can update them in
+/// place.
+fn table_map<R: IntoIterator<Item = u8>>(
     handle: u32,
     name: &str,
-    value_size: u32,
-    values: impl IntoIterator<Item = Vec<u8>>,
-    room: u32,
+    stride: u32,
+    rows: impl IntoIterator<Item = R>,
+    capacity: u32,
 ) -> (MapSpec, crate::compile::MapEntries) {
-    let mut len = 0u32;
-    let entries: crate::compile::MapEntries = (0u32..)
-        .zip(values)
-        .inspect(|&(i, _)| len = i + 1)
-        .filter(|(_, v)| v.iter().any(|&b| b != 0))
-        .map(|(i, v)| (i.to_ne_bytes().to_vec(), v))
-        .collect();
+    let mut value = Vec::with_capacity(stride as usize * capacity as usize);
+    for row in rows {
+        let start = value.len();
+        value.extend(row);
+        value.resize(start + stride as usize, 0);
+    }
+    let size = (value.len() as u64).max(u64::from(stride) * u64::from(capacity.max(1)));
+    value.resize(size as usize, 0);
     let spec = MapSpec {
         handle,
         name: name.to_string(),
         kind: MapKind::Array,
         key_size: 4,
-        value_size,
-        max_entries: len.max(room).max(1),
+        value_size: size as u32,
+        max_entries: 1,
         flags: 0,
     };
-    (spec, entries)
+    (spec, vec![(0u32.to_ne_bytes().to_vec(), value)])
+}
+
+/// `r0 = &table[index]`, the row `index` of a [`table_map`] of `rows` rows of `stride`
+/// bytes, or `fail` when `index` is past them; `index` is clobbered. The bounds check is
+/// what lets the verifier accept the variable offset.
+fn emit_row_address(a: &mut Asm, index: Reg, handle: u32, stride: u32, rows: u32, fail: Label) {
+    a.jump_if(Cond::Ge, index, rows as i32, fail);
+    if stride.is_power_of_two() {
+        if stride > 1 {
+            a.push(Insn::alu64(AluOp::Lsh, index, stride.trailing_zeros() as i32));
+        }
+    } else {
+        a.push(Insn::alu64(AluOp::Mul, index, stride as i32));
+    }
+    a.push(Insn::ld_map_value(Reg::R0, handle, 0));
+    a.push(Insn::alu64(AluOp::Add, Reg::R0, index));
+}
+
+/// Size of a class value: the pair row (u32, padded), then F per tier.
+fn class_value_size(tiers: usize) -> u32 {
+    8 + 8 * tiers as u32
+}
+
+/// Size of a port row: the pair port class (u32, padded), then G per tier.
+fn port_row_size(tiers: usize) -> u32 {
+    8 + 8 * tiers as u32
+}
+
+/// Rows of the class values table: room to grow, so churn keeps its shape.
+fn class_value_rows(classes: usize) -> u32 {
+    crate::codegen::room_for(classes)
+}
+
+/// Nodes of the class trie table: room to grow, so churn keeps its shape.
+fn trie_rows(nodes: usize) -> u32 {
+    crate::codegen::room_for(nodes)
 }
 
 /// Entries per class trie node: one per value of an address byte.
@@ -891,37 +940,45 @@ impl ClassTrie {
     }
 }
 
-/// Walks the class trie for the IPv4 peer address at `peer_off` in the FlowState: leaves
-/// the class index in r1, or goes to `fail` (no node: a trie the compiler did not build).
-fn emit_trie_walk(a: &mut Asm, peer_off: i16, fail: Label) {
+/// A trie entry as the program reads it: a class stays `class << 1 | 1`; a node becomes its
+/// byte offset in the table (even: nodes are 1 KiB), so a walk adds it without a multiply.
+fn trie_entry(e: u32) -> u32 {
+    if e & 1 == 1 {
+        e
+    } else {
+        (e >> 1) * 4 * TRIE_FANOUT
+    }
+}
+
+/// Walks the class trie (a table of `nodes` nodes, see [`trie_entry`]) for the IPv4 peer
+/// address at `peer_off` in the FlowState: leaves the class index in r1, or goes to `fail`
+/// (a node offset past the table, or no class after the last byte: a trie the compiler did
+/// not build).
+fn emit_trie_walk(a: &mut Asm, peer_off: i16, nodes: u32, fail: Label) {
     let leaf = a.label();
-    a.push(Insn::mov64(Reg::R1, 0));
+    let last_node = (nodes.max(1) - 1) * 4 * TRIE_FANOUT;
     for level in 0..4i16 {
-        a.comment(format!("byte {level} of the peer address: entry of node r1"));
-        lookup_u32(a, Reg::R1, map::CLASS_TRIE, fail);
+        if level == 0 {
+            a.comment("byte 0 of the peer address: its entry in the root node");
+        } else {
+            a.comment(format!(
+                "byte {level} of the peer address: its entry in the node at offset r1"
+            ));
+            a.jump_if(Cond::Gt, Reg::R1, last_node as i32, fail);
+        }
+        a.push(Insn::ld_map_value(Reg::R0, map::CLASS_TRIE, 0));
+        if level > 0 {
+            a.push(Insn::alu64(AluOp::Add, Reg::R0, Reg::R1));
+        }
         a.push(Insn::ldx(Size::B, Reg::R1, STATE, peer_off + level));
         a.push(Insn::alu64(AluOp::Lsh, Reg::R1, 2));
         a.push(Insn::alu64(AluOp::Add, Reg::R0, Reg::R1));
         a.push(Insn::ldx(Size::W, Reg::R1, Reg::R0, 0));
         a.jump_if(Cond::Set, Reg::R1, 1, leaf);
-        if level < 3 {
-            a.push(Insn::alu64(AluOp::Rsh, Reg::R1, 1));
-        } else {
-            a.jump(fail);
-        }
     }
+    a.jump(fail);
     a.bind(leaf);
     a.push(Insn::alu64(AluOp::Rsh, Reg::R1, 1));
-}
-
-/// `r0 = lookup(map[handle], (u32) key)` through the stack, to `fail` when absent.
-fn lookup_u32(a: &mut Asm, key: Reg, handle: u32, fail: Label) {
-    a.push(Insn::stx(Size::W, Reg::R10, STACK_U32_KEY, key));
-    a.push(Insn::mov64(Reg::R2, Reg::R10));
-    a.push(Insn::alu64(AluOp::Add, Reg::R2, STACK_U32_KEY as i32));
-    a.push(Insn::ld_map_fd(Reg::R1, handle));
-    a.push(Insn::call(helper::MAP_LOOKUP_ELEM));
-    a.jump_if(Cond::Eq, Reg::R0, 0, fail);
 }
 
 /// The port array's contents: distinct leaf rows, and for TCP, UDP and SCTP (each a single
@@ -963,13 +1020,20 @@ impl PortRows {
         PortRows { rows, row_of, protocols, slots }
     }
 
+    /// Entries of the port array: a row index per port, per protocol slot.
+    fn port_entries(&self) -> u32 {
+        self.slots.len() as u32 * 65_536
+    }
+
     fn maps(self, tiers: usize) -> Vec<(MapSpec, crate::compile::MapEntries)> {
         let mut out = Vec::new();
         if !self.slots.is_empty() {
-            let ports = self.slots.iter().flatten().map(|row| row.to_ne_bytes().to_vec());
-            out.push(array_map(map::PORTS, "polc_ports", 4, ports, 0));
+            let entries = self.port_entries();
+            let ports = self.slots.iter().flatten().map(|row| row.to_ne_bytes());
+            out.push(table_map(map::PORTS, "polc_ports", 4, ports, entries));
         }
-        out.push(array_map(map::PORT_ROWS, "polc_portrows", 8 + 8 * tiers as u32, self.rows, 0));
+        let rows = self.rows.len() as u32;
+        out.push(table_map(map::PORT_ROWS, "polc_portrows", port_row_size(tiers), self.rows, rows));
         out
     }
 }

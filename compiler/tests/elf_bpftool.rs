@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use polc::elf::{
-    read_program, write_object, ElfMap, ElfProgram, MapReloc, BPF_F_NO_PREALLOC, BPF_MAP_TYPE_HASH,
-    BPF_MAP_TYPE_LPM_TRIE, BPF_MAP_TYPE_PROG_ARRAY,
+    read_program, write_object, ElfMap, ElfProgram, MapReloc, BPF_F_NO_PREALLOC,
+    BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LPM_TRIE, BPF_MAP_TYPE_PROG_ARRAY,
 };
 
 // Minimal instruction encoding: opcode, dst | src << 4, off (i16 LE), imm (i32 LE).
@@ -52,6 +52,19 @@ impl Code {
         self.insn_count += 1;
         self
     }
+    /// `dst = &map[0] + offset` (LD_IMM64 with src = BPF_PSEUDO_MAP_VALUE; in the object the
+    /// first immediate holds the offset), recording the relocation.
+    fn ld_map_value(&mut self, dst: u8, map: usize, offset: i32) -> &mut Self {
+        self.relocs.push(MapReloc { insn_index: self.bytes.len() / 8, map });
+        self.bytes.extend_from_slice(&insn(0x18, dst, 2, 0, offset));
+        self.bytes.extend_from_slice(&insn(0, 0, 0, 0, 0));
+        self.insn_count += 1;
+        self
+    }
+    /// `dst = *(u32 *)(src + off)`
+    fn load_w(&mut self, dst: u8, src: u8, off: i16) -> &mut Self {
+        self.push(insn(0x61, dst, src, off, 0))
+    }
     fn call(&mut self, helper: i32) -> &mut Self {
         self.push(insn(0x85, 0, 0, 0, helper))
     }
@@ -75,6 +88,7 @@ fn test_maps() -> Vec<ElfMap> {
             value_size: 8,
             max_entries: 16,
             map_flags: 0,
+            direct: false,
         },
         ElfMap {
             name: "polc_lpm".into(),
@@ -83,6 +97,7 @@ fn test_maps() -> Vec<ElfMap> {
             value_size: 4,
             max_entries: 64,
             map_flags: BPF_F_NO_PREALLOC,
+            direct: false,
         },
         ElfMap {
             name: "polc_jump".into(),
@@ -91,6 +106,7 @@ fn test_maps() -> Vec<ElfMap> {
             value_size: 4,
             max_entries: 4,
             map_flags: 0,
+            direct: false,
         },
     ]
 }
@@ -329,6 +345,80 @@ fn bpftool_loads_program_with_btf_maps() {
     }
 }
 
+/// Two tables the program addresses directly, and the hash map it looks up in.
+fn direct_maps() -> Vec<ElfMap> {
+    let table = |name: &str, value_size| ElfMap {
+        name: name.into(),
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size,
+        max_entries: 1,
+        map_flags: 0,
+        direct: true,
+    };
+    vec![table("polc_first", 20), test_maps().remove(0), table("polc_second", 4096)]
+}
+
+/// Reads a word of each table (the second at a variable offset the verifier must bound),
+/// looks up the hash map, returns the sum.
+fn direct_reads() -> Code {
+    let mut c = Code::default();
+    c.ld_map_value(6, 0, 16)
+        .load_w(6, 6, 0)
+        .mov_reg(1, 6)
+        .push(insn(0x57, 1, 0, 0, 0xffc)) // r1 &= 0xffc: inside the 4 KiB table
+        .ld_map_value(0, 2, 0)
+        .push(insn(0x0f, 0, 1, 0, 0)) // r0 += r1
+        .load_w(7, 0, 0)
+        .store_w(10, -4, 7)
+        .mov_reg(2, 10)
+        .add_imm(2, -4)
+        .ld_map(1, 1)
+        .call(1)
+        .mov_reg(0, 6)
+        .push(insn(0x0f, 0, 7, 0, 0))
+        .exit();
+    c
+}
+
+#[test]
+fn directly_addressed_maps_are_bss_variables() {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+    let code = direct_reads();
+    let maps = direct_maps();
+    let obj = write_object(&program(&code, &maps)).unwrap();
+    let file = object::File::parse(obj.as_slice()).unwrap();
+    let bss = file.section_by_name(".bss").expect(".bss");
+    assert_eq!(bss.size(), 24 + 4096, "each variable 8-byte aligned");
+    let sym = |name: &str| file.symbols().find(|s| s.name() == Ok(name)).expect(name);
+    assert_eq!((sym("polc_first").address(), sym("polc_first").size()), (0, 20));
+    assert_eq!((sym("polc_second").address(), sym("polc_second").size()), (24, 4096));
+    assert_eq!(sym("polc_second").section_index(), Some(bss.index()));
+    assert_ne!(sym("polc_hash").section_index(), Some(bss.index()));
+}
+
+#[test]
+fn bpftool_loads_program_with_directly_addressed_maps() {
+    let Some(bpftool) = kernel_bpftool() else { return };
+    let code = direct_reads();
+    let maps = direct_maps();
+    let obj = write_object(&program(&code, &maps)).unwrap();
+    let pin = bpftool_load(&bpftool, &obj, "direct");
+    let pin_path = pin.0.to_string_lossy().into_owned();
+    let info = bpftool_json(&bpftool, &["prog", "show", "pinned", &pin_path]);
+    let map_ids = info["map_ids"].as_array().expect("map_ids").clone();
+    // libbpf makes `.bss` one array map holding both tables.
+    assert_eq!(map_ids.len(), 2, "{info}");
+    let shown: Vec<serde_json::Value> = (map_ids.iter())
+        .map(|id| bpftool_json(&bpftool, &["map", "show", "id", &id.to_string()]))
+        .collect();
+    let bss = shown.iter().find(|m| m["name"].as_str().is_some_and(|n| n.ends_with(".bss")));
+    let bss = bss.unwrap_or_else(|| panic!("no .bss map among {shown:?}"));
+    assert_eq!((bss["type"].as_str(), bss["max_entries"].as_u64()), (Some("array"), Some(1)));
+    assert_eq!(bss["bytes_value"], 24 + 4096, "{bss}");
+    assert!(shown.iter().any(|m| m["name"] == "polc_hash"), "{shown:?}");
+}
+
 fn write_err(p: &ElfProgram) -> String {
     match write_object(p) {
         Ok(_) => panic!("expected an error for {p:?}"),
@@ -372,6 +462,22 @@ fn invalid_inputs_are_errors() {
     assert!(write_err(&ElfProgram { name: "a\0b", ..good }).contains("NUL"));
     assert!(write_err(&ElfProgram { section: "", ..good }).contains("section name is empty"));
     assert!(write_err(&ElfProgram { section: ".maps", ..good }).contains("reserved"));
+    // A directly addressed map must be a one-entry array, and addressed as a value.
+    let (direct_code, direct) = (direct_reads(), direct_maps());
+    let direct_good = program(&direct_code, &direct);
+    let mut bad = direct.clone();
+    bad[2].max_entries = 2;
+    let msg = write_err(&ElfProgram { maps: &bad, ..direct_good });
+    assert!(msg.contains("array with one entry"), "{msg}");
+    let mut bad = direct.clone();
+    bad[1].direct = true;
+    let msg = write_err(&ElfProgram { maps: &bad, ..direct_good });
+    assert!(msg.contains("array with one entry"), "{msg}");
+    let mut bad = direct.clone();
+    bad[0].direct = false;
+    let msg = write_err(&ElfProgram { maps: &bad, ..direct_good });
+    assert!(msg.contains("src_reg 2 does not match"), "{msg}");
+
     let mut bad_maps = maps.clone();
     bad_maps[1].name = "has.dot".into();
     assert!(write_err(&ElfProgram { maps: &bad_maps, ..good }).contains("not a C identifier"));

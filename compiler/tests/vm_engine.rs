@@ -139,6 +139,52 @@ fn writes_through_a_looked_up_array_value_land_in_the_map() {
     assert_eq!(returned(&run(&p, standard_maps()).unwrap()), 0);
 }
 
+const TABLE: u32 = 7;
+
+#[test]
+fn map_value_addresses_read_and_write_the_one_value() {
+    let mut maps = standard_maps();
+    maps.add(TABLE, def("table", MapKind::Array, 4, 64, 1)).unwrap();
+    let mut value = vec![0u8; 64];
+    value[40..48].copy_from_slice(&7u64.to_ne_bytes());
+    maps.update(TABLE, &0u32.to_ne_bytes(), &value).unwrap();
+    // r0 = table[40..48] + 1, written back at 8..16 through a second address.
+    let p = build(|a| {
+        a.push(Insn::ld_map_value(Reg::R1, TABLE, 32));
+        a.push(Insn::ldx(Size::DW, Reg::R0, Reg::R1, 8));
+        a.push(Insn::alu64(AluOp::Add, Reg::R0, 1));
+        a.push(Insn::ld_map_value(Reg::R2, TABLE, 0));
+        a.push(Insn::stx(Size::DW, Reg::R2, 8, Reg::R0));
+        a.push(Insn::exit());
+    });
+    let out = run(&p, maps.clone()).unwrap();
+    assert_eq!(returned(&out), 8);
+    let after = out.maps.lookup(TABLE, &0u32.to_ne_bytes()).unwrap();
+    assert_eq!(after[8..16], 8u64.to_ne_bytes());
+
+    // The kernel's rules: an offset inside the value, an array with one entry.
+    let past = build(|a| {
+        a.push(Insn::ld_map_value(Reg::R0, TABLE, 64));
+        a.push(Insn::exit());
+    });
+    match run(&past, maps.clone()) {
+        Err(VmError::Rejected { insn: Some(0), message }) => {
+            assert!(message.contains("offset"), "{message}")
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    let many = build(|a| {
+        a.push(Insn::ld_map_value(Reg::R0, ARRAY, 0));
+        a.push(Insn::exit());
+    });
+    assert!(matches!(run(&many, maps.clone()), Err(VmError::Rejected { .. })));
+    let unknown = build(|a| {
+        a.push(Insn::ld_map_value(Reg::R0, 99, 0));
+        a.push(Insn::exit());
+    });
+    assert!(matches!(run(&unknown, maps), Err(VmError::UnknownMap(99))));
+}
+
 #[test]
 fn percpu_array_program_sees_cpu0_only() {
     let mut maps = Maps::with_cpus(4).unwrap();

@@ -151,7 +151,7 @@ pub struct MapDef {
     pub entries: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-/// What a map handle in a program's LD_IMM64 (src_reg 1) instructions stands for.
+/// What a map handle in a program's LD_IMM64 (src_reg 1 or 2) instructions stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MapBinding {
     /// The runtime's per-CPU `POLC_STATE`.
@@ -1512,7 +1512,8 @@ fn free_slots(rt: &RuntimeFds) -> Result<Vec<u32>> {
     Ok(free)
 }
 
-/// Replaces the handle in each LD_IMM64 with src_reg 1 (BPF_PSEUDO_MAP_FD) by its fd.
+/// Replaces the handle in each LD_IMM64 with src_reg 1 (BPF_PSEUDO_MAP_FD) or 2
+/// (BPF_PSEUDO_MAP_VALUE: the second half's offset stays) by its fd.
 pub fn patch_handles(
     insns: &[u8],
     mut fd_of: impl FnMut(u32) -> Option<u32>,
@@ -1525,7 +1526,7 @@ pub fn patch_handles(
     while let Some(insn) = out.get(i * 8..i * 8 + 8) {
         let (opcode, regs) = (insn[0], insn[1]);
         if opcode == 0x18 {
-            if regs >> 4 == 1 {
+            if regs >> 4 == 1 || regs >> 4 == 2 {
                 let imm = u32::from_le_bytes([insn[4], insn[5], insn[6], insn[7]]);
                 let fd = fd_of(imm).ok_or_else(|| {
                     format!("instruction {i} refers to map handle {imm}, which has no map")
@@ -2220,10 +2221,17 @@ mod tests {
         // LD_IMM64 with src 0 (a plain constant 4) must stay.
         prog.extend_from_slice(&[0x18, 0x02, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         prog.extend_from_slice(&[0x95, 0, 0, 0, 0, 0, 0, 0]);
+        // A map value address (src 2): handle 4 at offset 0x40; the offset stays.
+        let mut value = ld_map(3, 4);
+        value[1] = (2 << 4) | 3;
+        value[12..16].copy_from_slice(&0x40u32.to_le_bytes());
+        prog.extend_from_slice(&value);
         let out = patch_handles(&prog, |h| (h == 4).then_some(77)).unwrap();
         assert_eq!(&out[4..8], &77u32.to_le_bytes());
         assert_eq!(&out[20..24], &4u32.to_le_bytes());
-        assert_eq!(&out[32..], &prog[32..]);
+        assert_eq!(&out[32..40], &prog[32..40]);
+        assert_eq!(&out[44..48], &77u32.to_le_bytes());
+        assert_eq!(&out[52..56], &0x40u32.to_le_bytes());
     }
 
     #[test]

@@ -226,11 +226,16 @@ pub fn write_insn(out: &mut String, insn: &Insn, style: &Style) -> fmt::Result {
         Insn::LdImm64 { dst, pseudo, imm } => {
             let name = match (pseudo, style.map_name) {
                 (Pseudo::MapFd, Some(f)) => f(imm),
+                (Pseudo::MapValue, Some(f)) => f(imm & 0xffff_ffff),
                 _ => None,
             };
-            match name {
-                Some(name) => write!(out, "r{} = map[{name}] ll", dst.num()),
-                None => write!(out, "r{} = {:#x} ll", dst.num(), imm),
+            match (name, pseudo) {
+                // bpftool's form for a direct value address: map[...][key]+offset.
+                (Some(name), Pseudo::MapValue) => {
+                    write!(out, "r{} = map[{name}][0]+{:#x} ll", dst.num(), imm >> 32)
+                }
+                (Some(name), _) => write!(out, "r{} = map[{name}] ll", dst.num()),
+                (None, _) => write!(out, "r{} = {:#x} ll", dst.num(), imm),
             }
         }
         Insn::LdAbs { size, imm } => {

@@ -88,4 +88,10 @@ impl Insn {
     pub fn ld_map_fd(dst: Reg, handle: u32) -> Insn {
         Insn::LdImm64 { dst, pseudo: Pseudo::MapFd, imm: handle as u64 }
     }
+    /// `dst = &map[handle][0] + offset`: the address of a byte in the one value of a
+    /// single-entry array map, with no lookup (BPF_PSEUDO_MAP_VALUE; the low half of `imm`
+    /// is the handle the loader or ELF relocation replaces, the high half the offset).
+    pub fn ld_map_value(dst: Reg, handle: u32, offset: u32) -> Insn {
+        Insn::LdImm64 { dst, pseudo: Pseudo::MapValue, imm: (offset as u64) << 32 | handle as u64 }
+    }
 }

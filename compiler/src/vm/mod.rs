@@ -157,6 +157,44 @@ fn put_u64(buf: &mut [u8], at: usize, value: u64) {
     }
 }
 
+/// Turns each map value reference (`LD_IMM64 src=2`: handle, offset) in prepared code into
+/// a constant: the host address of that byte of the map's value, which rbpf may access
+/// (every slab is registered). The kernel's rules: a single-entry array, an offset inside
+/// the value.
+fn bind_map_values(code: &mut [u8], maps: &mut Maps) -> Result<(), VmError> {
+    let mut at = 0;
+    while at + 16 <= code.len() {
+        if code[at] != 0x18 {
+            at += 8;
+            continue;
+        }
+        if code[at + 1] >> 4 == 2 {
+            let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            let (handle, offset) = (word(&code[at + 4..]), word(&code[at + 12..]));
+            let pc = (at / 8).saturating_sub(PROLOGUE_INSNS);
+            let store = maps.store_mut(handle).ok_or(VmError::UnknownMap(handle))?;
+            let def = &store.def;
+            if def.kind != MapKind::Array || def.max_entries != 1 || offset >= def.value_size {
+                return Err(VmError::Rejected {
+                    insn: Some(pc),
+                    message: format!(
+                        "map value reference needs an array map with one entry and an offset \
+                         inside its {}-byte value (map {handle} at offset {offset})",
+                        def.value_size
+                    ),
+                });
+            }
+            let addr =
+                store.slab_mut_ptr() as u64 + (store.value_offset(0, 0) + offset as usize) as u64;
+            code[at + 1] &= 0x0f;
+            code[at + 4..at + 8].copy_from_slice(&(addr as u32).to_le_bytes());
+            code[at + 12..at + 16].copy_from_slice(&((addr >> 32) as u32).to_le_bytes());
+        }
+        at += 16;
+    }
+    Ok(())
+}
+
 /// Runs `input.program` against `maps` under the rbpf interpreter.
 pub fn run(input: VmInput, maps: Maps) -> Result<VmOutput, VmError> {
     let prepared = prepare::prepare(input.program, &helpers::SUPPORTED_HELPERS)?;
@@ -182,7 +220,10 @@ pub fn run(input: VmInput, maps: Maps) -> Result<VmOutput, VmError> {
     put_u64(&mut ctx, CTX_DATA_END, data + packet.len() as u64);
     put_u64(&mut ctx, CTX_DATA_META, data);
 
-    let mut vm = rbpf::EbpfVmMbuff::new(Some(&prepared.code)).map_err(|e| VmError::Rejected {
+    let mut maps = maps;
+    let mut code = prepared.code;
+    bind_map_values(&mut code, &mut maps)?;
+    let mut vm = rbpf::EbpfVmMbuff::new(Some(&code)).map_err(|e| VmError::Rejected {
         insn: None,
         message: caller_insn_numbers(&e.to_string(), 0),
     })?;
@@ -190,7 +231,6 @@ pub fn run(input: VmInput, maps: Maps) -> Result<VmOutput, VmError> {
         vm.register_helper(id, helper)
             .map_err(|e| VmError::Internal(format!("registering helper {id}: {e}")))?;
     }
-    let mut maps = maps;
     for (_, store) in maps.stores_mut() {
         if store.def.kind != MapKind::ProgArray {
             let start = store.slab_mut_ptr() as u64;

@@ -33,7 +33,7 @@ pub(crate) const CTX_BUFFER_SIZE: usize = SK_BUFF_SIZE + 24;
 pub(crate) struct Prepared {
     /// Prologue followed by the (rewritten) program.
     pub code: Vec<u8>,
-    /// Map handles named by `LD_IMM64 src=1` instructions.
+    /// Map handles named by `LD_IMM64 src=1` (map fd) and `src=2` (map value) instructions.
     pub map_handles: BTreeSet<u32>,
 }
 
@@ -159,9 +159,10 @@ fn check_insn(
             if pc + 1 >= n {
                 return Err("LD_IMM64 is missing its second slot".into());
             }
-            if insn.src > 1 {
+            if insn.src > 2 {
                 return Err(format!(
-                    "LD_IMM64 src={} is not supported (only constants and map handles)",
+                    "LD_IMM64 src={} is not supported (only constants, map handles and map \
+                     values)",
                     insn.src
                 ));
             }
@@ -391,7 +392,7 @@ pub(crate) fn prepare(program: &[u8], helpers: &[u32]) -> Result<Prepared, VmErr
         };
         match class {
             CLS_LD => {
-                if insn.src == 1 {
+                if insn.src == 1 || insn.src == 2 {
                     map_handles.insert(insn.imm as u32);
                 }
                 regs[dst] = SCALAR;
@@ -588,7 +589,7 @@ mod tests {
         assert!(rejected(&prog(&[raw(0x06, 0, 0, 0, 0), EXIT_I])).1.contains("gotol"));
         assert!(rejected(&prog(&[raw(0x15, 0, 0, 0, -1), EXIT_I])).1.contains("negative"));
         assert!(rejected(&prog(&[raw(0x37, 0, 0, 0, 0), EXIT_I])).1.contains("division by zero"));
-        assert!(rejected(&prog(&[raw(0x18, 0, 2, 0, 1), [0; 8], EXIT_I])).1.contains("src=2"));
+        assert!(rejected(&prog(&[raw(0x18, 0, 3, 0, 1), [0; 8], EXIT_I])).1.contains("src=3"));
         assert!(rejected(&prog(&[raw(0xb7, 10, 0, 0, 0), EXIT_I])).1.contains("r10"));
         assert!(rejected(&[0u8; 12]).1.contains("multiple of 8"));
         // JMP32 with a negative immediate is fine: it compares 32 bits.
@@ -613,8 +614,16 @@ mod tests {
 
     #[test]
     fn collects_map_handles() {
-        let p = prog(&[raw(0x18, 1, 1, 0, 42), [0; 8], raw(0x18, 2, 0, 0, 7), [0; 8], EXIT_I]);
+        let p = prog(&[
+            raw(0x18, 1, 1, 0, 42),
+            [0; 8],
+            raw(0x18, 2, 0, 0, 7),
+            [0; 8],
+            raw(0x18, 3, 2, 0, 43),
+            [0; 8],
+            EXIT_I,
+        ]);
         let prepared = prepare(&p, &[]).unwrap();
-        assert_eq!(prepared.map_handles.into_iter().collect::<Vec<_>>(), vec![42]);
+        assert_eq!(prepared.map_handles.into_iter().collect::<Vec<_>>(), vec![42, 43]);
     }
 }
