@@ -48,8 +48,10 @@ pub const MAX_CODE_PAIRS: usize = 8_000;
 /// Most port classes searched by a branch tree in code (about 2 instructions per class plus
 /// 2 per port-only tier); past it the destination port indexes an array map.
 pub const MAX_CODE_PORT_LEAVES: usize = 2_000;
-/// Most cells of the pair grid (distinct pair rows x port pair classes, 4 bytes each).
-pub const MAX_PAIR_CELLS: usize = 262_144;
+/// Most cells of the pair grid (distinct pair rows x port pair classes, 4 bytes each: a
+/// 4 MiB table, twice in the kernel for in-place updates). Past it the pairs go to a hash
+/// map, one helper call more per decision.
+pub const MAX_PAIR_CELLS: usize = 1 << 20;
 /// Most pairs in the hash map (each entry costs about 50 bytes plus 8 per tier of kernel
 /// memory).
 pub const MAX_PAIRS: usize = 300_000;
