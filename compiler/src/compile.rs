@@ -824,7 +824,7 @@ pub fn compile_files(files: &[PathBuf]) -> Result<Compiled> {
 
 /// [`compile_files`] with explicit options.
 pub fn compile_files_with(files: &[PathBuf], options: Options) -> Result<Compiled> {
-    let cluster = frontend::load(files)?;
+    let cluster = frontend::load_reporting(files)?;
     let ir = crate::lower::lower(&cluster);
     // The IR holds all compiling needs: free the model before the peak.
     drop(cluster);

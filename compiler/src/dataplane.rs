@@ -382,7 +382,7 @@ pub fn desired_from_files(
     files: &[PathBuf],
     endpoints: &[(String, String)],
 ) -> Result<(Desired, Vec<String>)> {
-    let cluster = crate::frontend::load(files)?;
+    let cluster = crate::frontend::load_reporting(files)?;
     let frontends = crate::services::frontends(&cluster)?;
     let compiled = crate::compile::compile_ir(crate::lower::lower(&cluster))?;
     let mut d = desired(&compiled, endpoints)?;

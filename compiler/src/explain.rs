@@ -154,7 +154,7 @@ pub struct BackendResult {
 
 /// `polc explain`.
 pub fn run(args: &ExplainArgs) -> Result<()> {
-    let cluster = crate::frontend::load(&args.files)?;
+    let cluster = crate::frontend::load_reporting(&args.files)?;
     let ex = explain(&cluster, &Query::from_args(args), args.engine)?;
     match args.output {
         Output::Text => print!("{ex}"),
