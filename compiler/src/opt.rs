@@ -207,7 +207,13 @@ fn generate_with(
                     kind: pol.source.kind.clone(),
                     index: rule.index,
                 };
-                let about = format!("{}: {}", key.describe(), rule.action.as_str());
+                let about = format!(
+                    "{}: {} ({} document {})",
+                    key.describe(),
+                    rule.action.as_str(),
+                    pol.source.file,
+                    pol.source.doc
+                );
                 let id = rules.id(key) as u64;
                 let action = match rule.action {
                     Action::Log => continue,
