@@ -960,6 +960,16 @@ pub fn summary_json(compiled: &Compiled, compile_ms: u128) -> serde_json::Value 
     })
 }
 
+/// Whether `name` is one of polc's output files: `{ingress|egress}-v{4|6}-*.txt`, `.o` or
+/// `.partN.o` (see `program_file_name`).
+fn is_output_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("ingress-").or_else(|| name.strip_prefix("egress-")) else {
+        return false;
+    };
+    (rest.starts_with("v4-") || rest.starts_with("v6-"))
+        && (name.ends_with(".txt") || name.ends_with(".o"))
+}
+
 /// Write every listing and object into `dir`, all or nothing: files go to a fresh sibling
 /// directory first, which then replaces `dir`'s polc files.
 fn write_outputs(compiled: &Compiled, dir: &Path) -> Result<()> {
@@ -988,6 +998,19 @@ fn write_outputs(compiled: &Compiled, dir: &Path) -> Result<()> {
         for f in &files {
             let (from, to) = (staging.join(f), dir.join(f));
             std::fs::rename(&from, &to).map_err(|e| io("cannot move into place", &to, e))?;
+        }
+        // Outputs of an earlier compile that this one did not write would be taken for
+        // current policy by whatever loads DIR/*.o: remove them (only files named the way
+        // polc names its outputs).
+        let current: std::collections::HashSet<&str> = files.iter().map(String::as_str).collect();
+        let entries = std::fs::read_dir(dir).map_err(|e| io("cannot read", dir, e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if is_output_name(name) && !current.contains(name) {
+                let stale = dir.join(name);
+                std::fs::remove_file(&stale).map_err(|e| io("cannot remove", &stale, e))?;
+            }
         }
         Ok(())
     })();
