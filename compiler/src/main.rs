@@ -32,14 +32,27 @@ enum Command {
     Agent(polc::dataplane::AgentArgs),
 }
 
+/// clap's message up to its first blank line (the usage and tips follow), on one line.
+fn one_line(message: &str) -> String {
+    let lines: Vec<&str> = message.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+    let joined = lines.join(" ");
+    let text = joined.strip_prefix("error: ").unwrap_or(&joined);
+    format!("{text} (see --help)")
+}
+
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            // clap's usage errors are bad input: exit 2 (help/version exit 0).
-            let code = if e.use_stderr() { 2 } else { 0 };
+        Err(e) if !e.use_stderr() => {
+            // --help, --version.
             let _ = e.print();
-            std::process::exit(code);
+            std::process::exit(0);
+        }
+        Err(e) => {
+            // A usage error is bad input: one line, exit 2, like every other input error.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "polc: {}", one_line(&e.to_string()));
+            std::process::exit(2);
         }
     };
     let result: Result<(), Error> = match &cli.command {
