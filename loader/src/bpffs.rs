@@ -303,6 +303,15 @@ pub fn ensure_pin_dir(pin_path: &Path) -> Result<(), BpfError> {
             )));
         }
     }
+    // Refuse before creating anything: the nearest existing ancestor must be on bpffs (a
+    // refused attach leaves no directories behind).
+    let existing = pin_path.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    if !is_bpffs(existing) {
+        return Err(BpfError::Invalid(format!(
+            "{} is not on a bpf filesystem (mount -t bpf bpf DIR)",
+            pin_path.display()
+        )));
+    }
     std::fs::create_dir_all(pin_path)
         .map_err(|e| BpfError::Invalid(format!("creating {}: {e}", pin_path.display())))?;
     if !is_bpffs(pin_path) {

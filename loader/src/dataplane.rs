@@ -1314,6 +1314,7 @@ fn validate(d: &Desired) -> Result<()> {
         }
     }
     let mut ifnames = BTreeSet::new();
+    let mut pod_ifname = BTreeMap::new();
     for e in &d.endpoints {
         if e.programs().iter().any(|(_, _, p)| p.is_some_and(|i| i >= d.programs.len())) {
             return Err(invalid(format!("endpoint {} refers to a missing program", e.name)));
@@ -1347,6 +1348,14 @@ fn validate(d: &Desired) -> Result<()> {
         }
         if !ifnames.insert(e.ifname.as_str()) {
             return Err(invalid(format!("interface `{}` is named by two endpoints", e.ifname)));
+        }
+        // One pod behind two interfaces would put its policy and its address check on the
+        // other interface too, dropping that pod's traffic as spoofed.
+        if let Some(first) = pod_ifname.insert(e.name.as_str(), e.ifname.as_str()) {
+            return Err(invalid(format!(
+                "endpoint {} is given two interfaces (`{first}` and `{}`)",
+                e.name, e.ifname
+            )));
         }
     }
     let slots = (SLOT_EPILOGUE - SLOT_FIRST_POLICY) as usize;
@@ -2285,6 +2294,10 @@ mod tests {
         d2.programs[0].maps.clear();
         d2.endpoints.push(ep);
         assert!(validate(&d2).unwrap_err().to_string().contains("named by two"));
+        let mut d3 = d2.clone();
+        d3.endpoints[1].ifname = "other0".into();
+        let e = validate(&d3).unwrap_err().to_string();
+        assert!(e.contains("a/b is given two interfaces (`x` and `other0`)"), "{e}");
         let bad_map = MapDef {
             name: "a.b".into(),
             kind: MapKind::Hash,
