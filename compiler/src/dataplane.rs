@@ -456,7 +456,16 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
 
 /// `polc detach`.
 pub fn run_detach(args: &PinArgs) -> Result<()> {
-    let report = dp::detach(&args.pin_path).map_err(loader_err)?;
+    // Detaching nothing succeeds (cleanup scripts and traps run it unconditionally).
+    let report = match dp::detach(&args.pin_path) {
+        Err(dp::DataplaneError::NotAttached(path)) => {
+            if args.output == OutputFormat::Text {
+                return print_stdout(&format!("nothing attached under {path}\n"));
+            }
+            dp::DetachReport::default()
+        }
+        other => other.map_err(loader_err)?,
+    };
     match args.output {
         OutputFormat::Json => print_stdout(&format!("{}\n", to_json(&report)?)),
         OutputFormat::Text => print_stdout(&format!(
@@ -470,9 +479,31 @@ pub fn run_detach(args: &PinArgs) -> Result<()> {
 
 /// `polc status`.
 pub fn run_status(args: &PinArgs) -> Result<()> {
-    let st = dp::status(&args.pin_path).map_err(loader_err)?;
+    // Nothing attached is a state, not an error: exit 0, and JSON of the same shape.
+    let st = match dp::status(&args.pin_path) {
+        Err(dp::DataplaneError::NotAttached(path)) => {
+            return match args.output {
+                OutputFormat::Json => print_stdout(&format!(
+                    "{}\n",
+                    to_json(&serde_json::json!({
+                        "attached": false, "pin_path": path, "generation": 0, "runtime": [],
+                        "endpoints": [], "conntrack": null, "drops": {}, "services": [],
+                    }))?
+                )),
+                OutputFormat::Text => print_stdout(&format!("nothing attached under {path}\n")),
+            };
+        }
+        other => other.map_err(loader_err)?,
+    };
     match args.output {
-        OutputFormat::Json => print_stdout(&format!("{}\n", to_json(&st)?)),
+        OutputFormat::Json => {
+            let mut value = serde_json::to_value(&st)
+                .map_err(|e| Error::other(format!("cannot encode the status: {e}")))?;
+            if let Some(object) = value.as_object_mut() {
+                object.insert("attached".into(), true.into());
+            }
+            print_stdout(&format!("{}\n", to_json(&value)?))
+        }
         OutputFormat::Text => print_stdout(&status_text(&st)),
     }
 }
