@@ -17,7 +17,7 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_values_t = [10usize, 100, 1000, 10000])]
     pub rules: Vec<usize>,
     /// BPF_PROG_TEST_RUN repeat count per flow.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeat: u32,
     /// Pods besides the target in each synthetic cluster.
     #[arg(long, default_value_t = 50)]
@@ -67,6 +67,12 @@ struct Row {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    // A chart that cannot be written is found out before the minutes of measuring.
+    if let Some(dir) = args.svg.as_deref().and_then(std::path::Path::parent) {
+        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+            return Err(Error::input(format!("--svg: directory {} does not exist", dir.display())));
+        }
+    }
     let mut rows = Vec::new();
     for &rules in &args.rules {
         let yaml = cluster_yaml(Spec {

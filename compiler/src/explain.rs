@@ -72,6 +72,7 @@ pub struct ExplainArgs {
     pub icmp_code: Option<u8>,
     #[arg(long, value_enum, default_value = "ir")]
     pub engine: Engine,
+    /// `text` prints a readable trace; `json` the verdict and a trace per direction.
     #[arg(long, value_enum, default_value = "text")]
     pub output: Output,
 }
@@ -317,10 +318,24 @@ fn resolve_party<'a>(r: &Resolver<'a>, text: &str, flag: &str) -> Result<Resolve
             "{flag} {text:?}: expected namespace/pod or an IP address"
         )));
     };
+    if ns.parse::<IpAddr>().is_ok() {
+        return Err(Error::input(format!(
+            "{flag} {text:?}: expected an IP address, not a CIDR (a flow has one address: \
+             give {ns})"
+        )));
+    }
     let Some(pod) = r.cluster.pods.iter().find(|p| p.namespace == ns && p.name == name) else {
         // Not a pod: a Service of that name means its cluster IPs.
         if let Some(svc) = r.cluster.services.iter().find(|s| s.namespace == ns && s.name == name) {
             return Ok(Resolved { pod: None, ips: svc.cluster_ips.clone() });
+        }
+        // hostNetwork pods are not endpoints: their traffic is the node's.
+        let host_network = format!("(Pod {ns}/{name}): hostNetwork pod");
+        if r.cluster.notes.iter().any(|n| n.contains(&host_network)) {
+            return Err(Error::input(format!(
+                "{flag} {text:?}: a hostNetwork pod is not a policy endpoint (its traffic is \
+                 the node's): give its IP address to explain a flow from or to it"
+            )));
         }
         return Err(Error::input(format!("{flag} {text:?}: unknown pod or service")));
     };

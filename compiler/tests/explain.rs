@@ -190,6 +190,23 @@ fn bad_input_exits_two_with_one_line() {
         "no IP family in common",
     );
     assert_input_error(&["--from", FRONTEND, "--to", CART, "--protocol", "icmpv6"], "use icmp");
+    assert_input_error(
+        &["--from", FRONTEND, "--to", "10.0.0.0/8", "--protocol", "tcp", "--port", "1"],
+        "not a CIDR",
+    );
+    assert_input_error(
+        &[
+            "--from",
+            "monitoring/node-exporter-7xkq2",
+            "--to",
+            CART,
+            "--protocol",
+            "udp",
+            "--port",
+            "1",
+        ],
+        "hostNetwork pod",
+    );
 }
 
 #[test]
