@@ -29,10 +29,15 @@ fn file_level(message: &str) -> bool {
 /// Runs `polc compile -f <rel> -o <fresh empty dir>` from the repository root; checks the CLI
 /// contract for bad input and returns the error line.
 pub fn compile_must_fail(rel: &str, scratch: &Path) -> String {
+    compile_must_fail_in(&root(), rel, scratch)
+}
+
+/// [`compile_must_fail`] with `rel` relative to `cwd`.
+fn compile_must_fail_in(cwd: &Path, rel: &str, scratch: &Path) -> String {
     let out_dir = scratch.join("out");
     std::fs::create_dir_all(&out_dir).expect("create output dir");
     let output = Command::new(env!("CARGO_BIN_EXE_polc"))
-        .current_dir(root())
+        .current_dir(cwd)
         .args(["compile", "-f", rel, "-o"])
         .arg(&out_dir)
         .env("RUST_BACKTRACE", "1")
@@ -55,6 +60,92 @@ pub fn compile_must_fail(rel: &str, scratch: &Path) -> String {
     line
 }
 
+/// Bad inputs written here rather than in testdata/bad: policies that polc once read by
+/// ignoring a field, which widened what they allow (each must now be refused).
+const INLINE_BAD: &[(&str, &str)] = &[
+    (
+        "strict-calico-destination-port",
+        concat!(
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: p\n",
+            "spec:\n  egress:\n  - action: Allow\n    protocol: TCP\n    destination:\n",
+            "      port: [5432]\n"
+        ),
+    ),
+    (
+        "strict-calico-source-selecter",
+        concat!(
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: shop}\n",
+            "spec:\n  ingress:\n  - action: Allow\n    source:\n      selecter: app == 'web'\n"
+        ),
+    ),
+    (
+        "strict-calico-rule-not-ports",
+        concat!(
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: p\n",
+            "spec:\n  ingress:\n  - action: Allow\n    protocol: TCP\n    notPorts: [22]\n"
+        ),
+    ),
+    (
+        "strict-calico-crd-spec-typo",
+        concat!(
+            "apiVersion: crd.projectcalico.org/v1\nkind: GlobalNetworkPolicy\nmetadata:\n  name: p\n",
+            "spec:\n  selector: all()\n  egres:\n  - action: Deny\n"
+        ),
+    ),
+    (
+        "strict-calico-service-accounts-typo",
+        concat!(
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: p\n",
+            "spec:\n  ingress:\n  - action: Allow\n    source:\n      serviceAccounts:\n",
+            "        name: [api]\n"
+        ),
+    ),
+    (
+        "strict-k8s-peer-typo",
+        concat!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: k, namespace: shop}\n",
+            "spec:\n  podSelector: {}\n  ingress:\n  - from:\n    - podSelektor: {matchLabels: {a: b}}\n"
+        ),
+    ),
+    (
+        "strict-k8s-port-typo",
+        concat!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: k, namespace: shop}\n",
+            "spec:\n  podSelector: {}\n  egress:\n  - ports:\n    - port: 53\n      protocl: UDP\n"
+        ),
+    ),
+    (
+        "strict-tier-typo",
+        "apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: t}\nspec:\n  order: 1\n  defaultActon: Pass\n",
+    ),
+    (
+        "strict-network-set-typo",
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkSet\nmetadata: {name: s}\nspec:\n  net: [10.0.0.0/8]\n",
+    ),
+    (
+        "services-in-allow-rule",
+        concat!(
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {name: p, namespace: shop}\n",
+            "spec:\n  egress:\n  - action: Allow\n    destination:\n      services:\n",
+            "        name: db\n        namespace: shop\n"
+        ),
+    ),
+    (
+        "http-in-pass-rule",
+        concat!(
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: p\n",
+            "spec:\n  ingress:\n  - action: Pass\n    http:\n      methods: [GET]\n"
+        ),
+    ),
+    (
+        "do-not-track-not-a-boolean",
+        concat!(
+            "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata:\n  name: p\n",
+            "spec:\n  doNotTrack: 'true'\n  ingress:\n  - action: Allow\n"
+        ),
+    ),
+];
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("polc-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
@@ -70,6 +161,13 @@ fn every_bad_input_is_one_located_line_and_exit_2() {
     for name in &files {
         let line = compile_must_fail(&format!("testdata/bad/{name}"), &dir);
         lines.push(line);
+    }
+    // Then the inline inputs, as files named `inline/NAME.yaml` in the scratch directory.
+    std::fs::create_dir_all(dir.join("inline")).expect("inline dir");
+    for (name, text) in INLINE_BAD {
+        let rel = format!("inline/{name}.yaml");
+        std::fs::write(dir.join(&rel), text).expect("write inline input");
+        lines.push(compile_must_fail_in(&dir, &rel, &dir));
     }
     std::fs::remove_dir_all(&dir).ok();
     insta::with_settings!({

@@ -28,14 +28,21 @@ use crate::error::Error;
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// Loads every `-f` path (files, or directories searched recursively for `.yaml`, `.yml` and
-/// `.json`, in sorted order) into one checked cluster.
+/// `.json`, in sorted order; `-` is standard input) into one checked cluster.
 pub fn load(paths: &[PathBuf]) -> Result<Cluster, Error> {
     // Read everything first: an input over the total limit is refused before any parsing.
     let mut texts = Vec::new();
+    let mut walk_warnings = Vec::new();
     let mut total: u64 = 0;
     for path in paths {
-        for file in input_files(path)? {
-            let bytes = read_limited(&file)?;
+        let stdin = path.as_os_str() == STDIN_ARG;
+        let files = if stdin {
+            vec![PathBuf::from(STDIN_NAME)]
+        } else {
+            input_files(path, &mut walk_warnings)?
+        };
+        for file in files {
+            let bytes = if stdin { read_stdin()? } else { read_limited(&file)? };
             total += bytes.len() as u64;
             if total > MAX_TOTAL_BYTES {
                 return Err(Error::input(format!(
@@ -57,10 +64,37 @@ pub fn load(paths: &[PathBuf]) -> Result<Cluster, Error> {
         }
     }
     let mut builder = Builder::default();
+    builder.cluster.warnings = walk_warnings;
     for (file, text) in &texts {
         builder.add_file(file, text)?;
     }
     builder.finish()
+}
+
+/// The `-f` argument that means standard input, and the name messages give it.
+const STDIN_ARG: &str = "-";
+const STDIN_NAME: &str = "<stdin>";
+
+/// Standard input is read once per process: reading it again would see an empty input, which
+/// a reloading caller (the agent) must not mistake for "no policy".
+static STDIN_READ: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Reads standard input, never more than [`MAX_FILE_BYTES`].
+fn read_stdin() -> Result<Vec<u8>, Error> {
+    let name = Path::new(STDIN_NAME);
+    if STDIN_READ.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Err(Error::input(format!(
+            "{STDIN_NAME}: standard input was already read (give `-f -` once)"
+        )));
+    }
+    let mut bytes = Vec::new();
+    io::stdin()
+        .lock()
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_error(name, &e))?;
+    check_file_size(name, bytes.len())?;
+    Ok(bytes)
 }
 
 /// Reads a file, but never more than [`MAX_FILE_BYTES`] (also for `/dev/zero` or a pipe).
@@ -99,15 +133,18 @@ fn io_error(path: &Path, err: &io::Error) -> Error {
     }
 }
 
-/// The files a `-f` path stands for.
-fn input_files(path: &Path) -> Result<Vec<PathBuf>, Error> {
+/// The files a `-f` path stands for; what a directory holds but polc cannot read is a
+/// warning in `warnings`.
+fn input_files(path: &Path, warnings: &mut Vec<String>) -> Result<Vec<PathBuf>, Error> {
     let meta = fs::metadata(path).map_err(|e| io_error(path, &e))?;
     if !meta.is_dir() {
         return Ok(vec![path.to_owned()]);
     }
     let mut files = Vec::new();
-    collect_dir(path, &mut files)?;
+    let first_warning = warnings.len();
+    collect_dir(path, &mut files, warnings)?;
     files.sort();
+    warnings.get_mut(first_warning..).unwrap_or_default().sort();
     if files.is_empty() {
         return Err(Error::input(format!(
             "{}: no .yaml, .yml or .json files in this directory",
@@ -117,22 +154,45 @@ fn input_files(path: &Path) -> Result<Vec<PathBuf>, Error> {
     Ok(files)
 }
 
-fn collect_dir(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), Error> {
+fn collect_dir(
+    dir: &Path,
+    files: &mut Vec<PathBuf>,
+    warnings: &mut Vec<String>,
+) -> Result<(), Error> {
     let entries = fs::read_dir(dir).map_err(|e| io_error(dir, &e))?;
     for entry in entries {
         let entry = entry.map_err(|e| io_error(dir, &e))?;
+        // Hidden entries are skipped: a mounted ConfigMap holds its files a second time under
+        // `..data` and `..2024_01_01_...` (the visible names are symlinks into them).
+        if entry.file_name().as_encoded_bytes().starts_with(b".") {
+            continue;
+        }
         let path = entry.path();
         let file_type = entry.file_type().map_err(|e| io_error(&path, &e))?;
         // Real directories are searched; symlinks are followed to files only (no loops).
-        if file_type.is_dir() {
-            collect_dir(&path, files)?;
-        } else if path.is_file()
-            && path
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
-        {
-            files.push(path);
+        let target = file_type.is_symlink().then(|| fs::metadata(&path));
+        let skipped = if file_type.is_dir() {
+            collect_dir(&path, files, warnings)?;
+            None
+        } else if file_type.is_file() || matches!(&target, Some(Ok(t)) if t.is_file()) {
+            let yaml = path.extension().and_then(|e| e.to_str());
+            if yaml.is_some_and(|e| matches!(e, "yaml" | "yml" | "json")) {
+                files.push(path.clone());
+            }
+            None
+        } else {
+            Some(match target {
+                None => "not a regular file or directory".to_owned(),
+                Some(Err(e)) if e.kind() == io::ErrorKind::NotFound => {
+                    "a symlink to nothing (dangling)".to_owned()
+                }
+                Some(Err(e)) => format!("a symlink whose target cannot be read ({e})"),
+                Some(Ok(t)) if t.is_dir() => "a symlink to a directory (not followed)".to_owned(),
+                Some(Ok(_)) => "a symlink to something that is not a regular file".to_owned(),
+            })
+        };
+        if let Some(why) = skipped {
+            warnings.push(format!("{}: {why}: skipped", path.display()));
         }
     }
     Ok(())
@@ -159,20 +219,42 @@ enum ObjKind {
 
 impl ObjKind {
     fn classify(api_version: &str, kind: &str) -> Option<ObjKind> {
+        // crd.projectcalico.org/v1 is what `kubectl get` prints for Calico objects on clusters
+        // without the Calico API server: the same spec as projectcalico.org/v3.
+        let calico = matches!(api_version, "projectcalico.org/v3" | "crd.projectcalico.org/v1");
         Some(match (api_version, kind) {
             ("v1", "Namespace") => ObjKind::Namespace,
             ("v1", "Pod") => ObjKind::Pod,
             ("v1", "ServiceAccount") => ObjKind::ServiceAccount,
             ("networking.k8s.io/v1", "NetworkPolicy") => ObjKind::K8sPolicy,
-            ("projectcalico.org/v3", "NetworkPolicy") => ObjKind::CalicoPolicy,
-            ("projectcalico.org/v3", "GlobalNetworkPolicy") => ObjKind::GlobalPolicy,
-            ("projectcalico.org/v3", "Tier") => ObjKind::Tier,
-            ("projectcalico.org/v3", "NetworkSet") => ObjKind::NetworkSet,
-            ("projectcalico.org/v3", "GlobalNetworkSet") => ObjKind::GlobalNetworkSet,
+            (_, "NetworkPolicy") if calico => ObjKind::CalicoPolicy,
+            (_, "GlobalNetworkPolicy") if calico => ObjKind::GlobalPolicy,
+            (_, "Tier") if calico => ObjKind::Tier,
+            (_, "NetworkSet") if calico => ObjKind::NetworkSet,
+            (_, "GlobalNetworkSet") if calico => ObjKind::GlobalNetworkSet,
             ("v1", "Service") => ObjKind::Service,
             ("discovery.k8s.io/v1", "EndpointSlice") => ObjKind::EndpointSlice,
             _ => return None,
         })
+    }
+
+    /// Whether an object polc does not read carries network policy (so skipping it deserves a
+    /// warning, unlike a ConfigMap): Calico's staged policies, host endpoints and profiles,
+    /// the Calico v1 API, pre-v1 Kubernetes NetworkPolicy, and any other kind named
+    /// `...NetworkPolicy` (AdminNetworkPolicy, BaselineAdminNetworkPolicy, other CNIs').
+    fn skipped_policy_kind(api_version: &str, kind: &str) -> bool {
+        let calico = matches!(api_version, "projectcalico.org/v3" | "crd.projectcalico.org/v1");
+        api_version == "projectcalico.org/v1"
+            || (calico
+                && matches!(
+                    kind,
+                    "StagedNetworkPolicy"
+                        | "StagedGlobalNetworkPolicy"
+                        | "StagedKubernetesNetworkPolicy"
+                        | "HostEndpoint"
+                        | "Profile"
+                ))
+            || kind.ends_with("NetworkPolicy")
     }
 
     fn namespaced(self) -> bool {
@@ -375,10 +457,14 @@ struct Builder {
     seen: HashMap<(ObjKind, Option<String>, String), Source>,
     /// Documents and List items read so far, against [`MAX_OBJECTS`].
     objects: usize,
+    /// Skipped objects that carry policy: (kind, apiVersion) -> (count, where the first was).
+    skipped_policy: BTreeMap<(String, String), (usize, String)>,
 }
 
 impl Builder {
     fn add_file(&mut self, file: &Path, text: &str) -> Result<(), Error> {
+        // A byte order mark (some Windows editors write one) is not part of the YAML.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         if let Some((doc, line, column)) = too_deep_flow(text) {
             let place = Place { file, doc, item: None, object: None };
             return Err(place.error(format!(
@@ -489,6 +575,10 @@ impl Builder {
             if let Some(item) = place.item {
                 note.push_str(&format!(" item {item}"));
             }
+            if ObjKind::skipped_policy_kind(&header.api_version, &header.kind) {
+                let key = (header.kind.clone(), header.api_version.clone());
+                self.skipped_policy.entry(key).or_insert((0, note.clone())).0 += 1;
+            }
             note.push_str(&format!(
                 ": skipped {} {} {} (not a kind polc reads)",
                 header.api_version,
@@ -569,23 +659,13 @@ impl Builder {
                          applies to its own namespace)",
                     ));
                 }
-                for field in spec.unsupported() {
-                    c.warnings.push(unsupported(&source, &field));
+                if let Some(why) = spec.host_endpoint_only() {
+                    c.warnings
+                        .push(format!("{source}: {why}, never to pods: the policy is skipped"));
+                    return Ok(());
                 }
-                let mut rules = |list: Option<Vec<CalicoRuleField>>, dir: &str| {
-                    let list = list.unwrap_or_default();
-                    let mut out = Vec::with_capacity(list.len());
-                    for (i, r) in list.into_iter().enumerate() {
-                        for field in &r.unsupported {
-                            c.warnings
-                                .push(unsupported(&source, &format!("spec.{dir}[{i}].{field}")));
-                        }
-                        out.push(r.rule);
-                    }
-                    out
-                };
-                let ingress = rules(spec.ingress.take(), "ingress");
-                let egress = rules(spec.egress.take(), "egress");
+                let ingress = calico_rules(c, &place, &source, spec.ingress.take(), "ingress")?;
+                let egress = calico_rules(c, &place, &source, spec.egress.take(), "egress")?;
                 let types = types(spec.types, &place, "spec.types")?;
                 c.calico_policies.push(CalicoPolicy {
                     source,
@@ -609,7 +689,12 @@ impl Builder {
             }),
             Object::NetworkSet(raw) => {
                 if is_set(&raw.spec.allowed_egress_domains) {
-                    c.warnings.push(unsupported(&source, "spec.allowedEgressDomains"));
+                    // Rules selecting the set then match its nets only: less for an Allow
+                    // rule, but also less for a Deny rule, so this is worth a warning.
+                    c.warnings.push(format!(
+                        "{source}: spec.allowedEgressDomains is set but polc cannot match \
+                         domains: rules selecting this set match only its nets"
+                    ));
                 }
                 c.network_sets.push(NetworkSet {
                     source,
@@ -628,6 +713,14 @@ impl Builder {
     /// Cross-object checks and implicit namespaces.
     fn finish(mut self) -> Result<Cluster, Error> {
         let c = &mut self.cluster;
+
+        for ((kind, api_version), (count, first)) in &self.skipped_policy {
+            let objects = if *count == 1 { "object" } else { "objects" };
+            c.warnings.push(format!(
+                "skipped {count} {objects} of kind {kind} ({api_version}): polc does not enforce \
+                 them (the first: {first})"
+            ));
+        }
 
         // Every non-default tier a policy names must exist (Calico refuses the policy otherwise).
         for policy in &c.calico_policies {
@@ -958,8 +1051,49 @@ fn check_rules<T>(place: &Place, field: &str, rules: Option<&Vec<T>>) -> Result<
     Ok(())
 }
 
-fn unsupported(source: &Source, field: &str) -> String {
-    format!("{source}: {field} is set but polc does not support it: ignored")
+/// A Calico policy's rules for one direction. A match polc cannot enforce (`http`,
+/// `services`) is refused in an Allow or Pass rule, where ignoring it would let through more
+/// than the policy says; in a Deny or Log rule ignoring it only makes the rule match more
+/// (deny more, log more), so it is a warning.
+fn calico_rules(
+    c: &mut Cluster,
+    place: &Place,
+    source: &Source,
+    list: Option<Vec<CalicoRuleField>>,
+    dir: &str,
+) -> Result<Vec<CalicoRule>, Error> {
+    let list = list.unwrap_or_default();
+    let mut out = Vec::with_capacity(list.len());
+    for (i, r) in list.into_iter().enumerate() {
+        for u in &r.unenforced {
+            let field = format!("spec.{dir}[{i}].{}", u.field());
+            let what = u.what();
+            match r.rule.action {
+                Action::Allow => {
+                    return Err(place.error(format!(
+                        "{field}: polc cannot enforce {what}; an Allow rule without them would \
+                         allow more than the policy says"
+                    )))
+                }
+                Action::Pass => {
+                    return Err(place.error(format!(
+                        "{field}: polc cannot enforce {what}; a Pass rule without them would \
+                         pass more to the next tier than the policy says"
+                    )))
+                }
+                Action::Deny => c.warnings.push(format!(
+                    "{source}: {field}: polc cannot enforce {what}: ignored, so this Deny rule \
+                     denies all traffic its other fields match"
+                )),
+                Action::Log => c.warnings.push(format!(
+                    "{source}: {field}: polc cannot enforce {what}: ignored, so this Log rule \
+                     logs all traffic its other fields match"
+                )),
+            }
+        }
+        out.push(r.rule);
+    }
+    Ok(out)
 }
 
 /// An error about a whole object, found after loading (no line:column).

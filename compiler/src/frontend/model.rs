@@ -58,7 +58,9 @@ pub struct Cluster {
     pub endpoint_slices: Vec<EndpointSlice>,
     /// Informational: skipped documents/kinds, hostNetwork pods, implicit namespaces.
     pub notes: Vec<String>,
-    /// Fields that were set but polc does not enforce (e.g. `doNotTrack`, `http`), with location.
+    /// What polc read but does not enforce, with location: `http`/`services` in Deny and Log
+    /// rules, host-endpoint-only (doNotTrack/preDNAT) policies it skipped, skipped kinds that
+    /// carry policy (counted per kind), directory entries it could not read.
     pub warnings: Vec<String>,
 }
 

@@ -489,7 +489,7 @@ pub struct RawK8sPolicy {
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
-#[serde(expecting = "a mapping")]
+#[serde(expecting = "a mapping", deny_unknown_fields)]
 pub struct RawK8sSpec {
     pub pod_selector: Option<RawLabelSelector>,
     pub policy_types: Option<Vec<PolicyTypeField>>,
@@ -499,7 +499,7 @@ pub struct RawK8sSpec {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-#[serde(expecting = "a mapping")]
+#[serde(expecting = "a mapping", deny_unknown_fields)]
 pub struct RawK8sIngress {
     pub from: Option<Vec<PeerField>>,
     pub ports: Option<Vec<K8sPortField>>,
@@ -507,7 +507,7 @@ pub struct RawK8sIngress {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-#[serde(expecting = "a mapping")]
+#[serde(expecting = "a mapping", deny_unknown_fields)]
 pub struct RawK8sEgress {
     pub to: Option<Vec<PeerField>>,
     pub ports: Option<Vec<K8sPortField>>,
@@ -522,7 +522,7 @@ pub fn k8s_rule(peers: Option<Vec<PeerField>>, ports: Option<Vec<K8sPortField>>)
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
-#[serde(expecting = "a mapping")]
+#[serde(expecting = "a mapping", deny_unknown_fields)]
 pub struct RawLabelSelector {
     pub match_labels: Option<Labels>,
     pub match_expressions: Option<Vec<RequirementField>>,
@@ -543,7 +543,7 @@ impl RawLabelSelector {
 }
 
 #[derive(Deserialize)]
-#[serde(expecting = "a mapping")]
+#[serde(expecting = "a mapping", deny_unknown_fields)]
 pub struct RawRequirement {
     key: String,
     operator: OperatorField,
@@ -579,7 +579,7 @@ impl TryFrom<RawRequirement> for RequirementField {
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
-#[serde(expecting = "a mapping")]
+#[serde(expecting = "a mapping", deny_unknown_fields)]
 pub struct RawPeer {
     pod_selector: Option<RawLabelSelector>,
     namespace_selector: Option<RawLabelSelector>,
@@ -610,7 +610,7 @@ impl TryFrom<RawPeer> for PeerField {
 }
 
 #[derive(Deserialize)]
-#[serde(expecting = "a mapping")]
+#[serde(expecting = "a mapping", deny_unknown_fields)]
 pub struct RawIpBlock {
     cidr: CidrField,
     #[serde(default)]
@@ -640,7 +640,7 @@ impl TryFrom<RawIpBlock> for IpBlockField {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[serde(expecting = "a mapping")]
+#[serde(expecting = "a mapping", deny_unknown_fields)]
 pub struct RawK8sPort {
     #[serde(default)]
     protocol: Option<K8sProtocol>,
@@ -685,7 +685,7 @@ pub struct RawCalicoPolicy {
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
-#[serde(expecting = "a mapping")]
+#[serde(expecting = "a mapping", deny_unknown_fields)]
 pub struct RawCalicoSpec {
     pub tier: Option<String>,
     pub order: Option<OrderField>,
@@ -695,10 +695,13 @@ pub struct RawCalicoSpec {
     pub types: Option<Vec<PolicyTypeField>>,
     pub ingress: Option<Vec<CalicoRuleField>>,
     pub egress: Option<Vec<CalicoRuleField>>,
-    pub do_not_track: Option<serde_yaml_ng::Value>,
+    pub do_not_track: Option<bool>,
     #[serde(rename = "preDNAT")]
-    pub pre_dnat: Option<serde_yaml_ng::Value>,
-    pub apply_on_forward: Option<serde_yaml_ng::Value>,
+    pub pre_dnat: Option<bool>,
+    /// No effect on pod traffic (it is about forwarded host traffic): accepted silently.
+    pub apply_on_forward: Option<bool>,
+    /// Hints never change what a policy enforces: accepted silently.
+    pub performance_hints: Option<Vec<String>>,
 }
 
 impl RawCalicoSpec {
@@ -710,25 +713,23 @@ impl RawCalicoSpec {
         )
     }
 
-    /// Set fields polc accepts but does not enforce, with their path.
-    pub fn unsupported(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for (name, value) in [
-            ("spec.doNotTrack", &self.do_not_track),
-            ("spec.preDNAT", &self.pre_dnat),
-            ("spec.applyOnForward", &self.apply_on_forward),
-        ] {
-            if is_set(value) {
-                out.push(name.to_owned());
-            }
+    /// Why the policy applies only to host endpoints, if it does: Felix puts `doNotTrack`
+    /// policies in the untracked (raw table) tier and `preDNAT` ones in the pre-DNAT (mangle
+    /// table) tier, both of which it renders for host endpoints only, never for pods.
+    pub fn host_endpoint_only(&self) -> Option<&'static str> {
+        if self.do_not_track == Some(true) {
+            Some("spec.doNotTrack is true: Calico applies it only to host endpoints (untracked)")
+        } else if self.pre_dnat == Some(true) {
+            Some("spec.preDNAT is true: Calico applies it only to host endpoints (before DNAT)")
+        } else {
+            None
         }
-        out
     }
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
-#[serde(expecting = "a mapping")]
+#[serde(expecting = "a mapping", deny_unknown_fields)]
 pub struct RawCalicoRule {
     action: Option<ActionField>,
     ip_version: Option<IpVersionField>,
@@ -740,14 +741,44 @@ pub struct RawCalicoRule {
     source: Option<RawEntityRule>,
     destination: Option<RawEntityRule>,
     http: Option<serde_yaml_ng::Value>,
-    metadata: Option<serde_yaml_ng::Value>,
+    /// Annotations: not a match, so never looked at.
+    #[serde(rename = "metadata")]
+    _metadata: Option<de::IgnoredAny>,
 }
 
 checked!(CalicoRuleField, RawCalicoRule);
-/// A validated Calico rule plus the unsupported fields it sets (relative paths).
+/// A validated Calico rule plus the match fields it sets that polc cannot enforce (paths
+/// relative to the rule). Whether that is an error depends on the action (load.rs).
 pub struct CalicoRuleField {
     pub rule: CalicoRule,
-    pub unsupported: Vec<String>,
+    pub unenforced: Vec<Unenforced>,
+}
+
+/// A rule match polc cannot enforce: ignoring it makes the rule match more traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unenforced {
+    Http,
+    SourceServices,
+    DestinationServices,
+}
+
+impl Unenforced {
+    /// The field's path relative to the rule.
+    pub fn field(self) -> &'static str {
+        match self {
+            Unenforced::Http => "http",
+            Unenforced::SourceServices => "source.services",
+            Unenforced::DestinationServices => "destination.services",
+        }
+    }
+
+    /// What the field matches, for messages.
+    pub fn what(self) -> &'static str {
+        match self {
+            Unenforced::Http => "HTTP (layer 7) matches",
+            Unenforced::SourceServices | Unenforced::DestinationServices => "service matches",
+        }
+    }
 }
 
 impl TryFrom<RawCalicoRule> for CalicoRuleField {
@@ -756,19 +787,18 @@ impl TryFrom<RawCalicoRule> for CalicoRuleField {
         let action = raw.action.ok_or("missing field `action`")?.0;
         let protocol = raw.protocol.map(|p| p.0);
         let ip_version = raw.ip_version.map(|v| v.0);
-        let mut unsupported = Vec::new();
-        for (name, value) in [("http", &raw.http), ("metadata", &raw.metadata)] {
-            if is_set(value) {
-                unsupported.push(name.to_owned());
-            }
+        // `metadata` (annotations) is not a match: nothing to enforce.
+        let mut unenforced = Vec::new();
+        if is_set(&raw.http) {
+            unenforced.push(Unenforced::Http);
         }
         let (source, src_services) = raw.source.unwrap_or_default().into_model();
         let (destination, dst_services) = raw.destination.unwrap_or_default().into_model();
         if src_services {
-            unsupported.push("source.services".into());
+            unenforced.push(Unenforced::SourceServices);
         }
         if dst_services {
-            unsupported.push("destination.services".into());
+            unenforced.push(Unenforced::DestinationServices);
         }
 
         // Ports. Calico's validator (libcalico-go lib/validator/v3/validator.go, validateRule)
@@ -845,12 +875,12 @@ impl TryFrom<RawCalicoRule> for CalicoRuleField {
             source,
             destination,
         };
-        Ok(CalicoRuleField { rule, unsupported })
+        Ok(CalicoRuleField { rule, unenforced })
     }
 }
 
 #[derive(Deserialize)]
-#[serde(expecting = "a mapping")]
+#[serde(expecting = "a mapping", deny_unknown_fields)]
 pub struct RawIcmp {
     #[serde(default, rename = "type")]
     icmp_type: Option<IcmpValue>,
@@ -875,7 +905,7 @@ impl TryFrom<RawIcmp> for IcmpField {
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
-#[serde(expecting = "a mapping")]
+#[serde(expecting = "a mapping", deny_unknown_fields)]
 pub struct RawEntityRule {
     nets: Option<Vec<CidrField>>,
     not_nets: Option<Vec<CidrField>>,
@@ -913,7 +943,7 @@ impl RawEntityRule {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-#[serde(expecting = "a mapping")]
+#[serde(expecting = "a mapping", deny_unknown_fields)]
 pub struct RawServiceAccountMatch {
     names: Option<Vec<String>>,
     selector: Option<SelectorField>,
@@ -928,7 +958,7 @@ pub struct RawTier {
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
-#[serde(expecting = "a mapping")]
+#[serde(expecting = "a mapping", deny_unknown_fields)]
 pub struct RawTierSpec {
     pub order: Option<OrderField>,
     pub default_action: Option<TierActionField>,
@@ -945,7 +975,7 @@ pub struct RawNetworkSet {
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
-#[serde(expecting = "a mapping")]
+#[serde(expecting = "a mapping", deny_unknown_fields)]
 pub struct RawNetworkSetSpec {
     pub nets: Option<Vec<CidrField>>,
     pub allowed_egress_domains: Option<serde_yaml_ng::Value>,
