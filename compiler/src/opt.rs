@@ -325,7 +325,9 @@ fn generate_with(
     }
     // One pass in rule order: a cell's first rule per tier is its value. The running
     // estimate (an upper bound on the table) stops a hopeless table early.
-    let mut h: BTreeMap<(u32, u32), Vec<u64>> = BTreeMap::new();
+    let mut h = PairTable::new(tiers, npairclasses);
+    // Pair classes already among a rule's targets.
+    let mut pc_seen = vec![false; npairclasses];
     let mut estimate = 0usize;
     for r in &pair_rules {
         let t = r.tier;
@@ -337,23 +339,36 @@ fn generate_with(
         if qs.is_empty() {
             continue;
         }
-        let members: Vec<usize> =
-            ctx.class_members(r).into_iter().filter(|&c| before_f(c)).collect();
-        // Coupled rules are checked per address class; the others per pair class (fewer).
+        let members = ctx.class_members(r).into_iter().filter(|&c| before_f(c));
+        // Coupled rules are checked per address class; the others per pair class (fewer),
+        // each once, in order.
         let targets: Vec<u32> = if r.coupled {
-            members.iter().map(|&c| c as u32).collect()
+            members.map(|c| c as u32).collect()
         } else {
-            let pcs: BTreeSet<u32> = members.iter().map(|&c| pair_class[c]).collect();
-            pcs.into_iter().collect()
+            let mut pcs: Vec<u32> = Vec::new();
+            for pc in members.map(|c| pair_class[c]) {
+                if let Some(seen) = pc_seen.get_mut(pc as usize).filter(|seen| !**seen) {
+                    *seen = true;
+                    pcs.push(pc);
+                }
+            }
+            for &pc in &pcs {
+                if let Some(seen) = pc_seen.get_mut(pc as usize) {
+                    *seen = false;
+                }
+            }
+            pcs.sort_unstable();
+            pcs
         };
         estimate += targets.len() * qs.len();
         if estimate > 8 * MAX_PAIRS {
             return fallback(format!("more than {MAX_PAIRS} address x port pairs (estimate)"));
         }
         let mut add = |pc: u32, hq: usize| -> bool {
-            let row = h.entry((pc, hq as u32)).or_insert_with(|| vec![END; tiers]);
-            if row[t] == END {
-                row[t] = r.value;
+            if let Some(v) = h.row_mut(pc, hq as u32).get_mut(t) {
+                if *v == END {
+                    *v = r.value;
+                }
             }
             h.len() <= MAX_PAIRS
         };
@@ -373,7 +388,9 @@ fn generate_with(
         }
     }
     let tier_has_g: Vec<bool> = (0..tiers).map(|t| g.iter().any(|row| row[t] != END)).collect();
-    let tier_has_h: Vec<bool> = (0..tiers).map(|t| h.values().any(|row| row[t] != END)).collect();
+    let tier_has_h: Vec<bool> = (0..tiers).map(|t| h.rows().any(|row| row[t] != END)).collect();
+    // The cells in (pair class, port pair class) order: the order every use below needs.
+    let h_sorted = h.sorted();
     let tier_has_f: Vec<bool> = (0..tiers).map(|t| f.iter().any(|row| row[t] != END)).collect();
     // Without pairs, one class row (no prefixes, or no address-only rules) is a constant.
     let use_classes = !h.is_empty() || (nclasses > 1 && tier_has_f.iter().any(|&b| b));
@@ -522,7 +539,7 @@ fn generate_with(
     }
     let pairs_in_map = h.len() > tuning.max_code_pairs;
     let grid = (any_h && pairs_in_map)
-        .then(|| PairGrid::new(&h, npairclasses, pair_tree.leaves.len(), tiers, tuning))
+        .then(|| PairGrid::new(&h_sorted, npairclasses, pair_tree.leaves.len(), tiers, tuning))
         .flatten();
     if let Some(grid) = &grid {
         a.comment(format!(
@@ -567,8 +584,8 @@ fn generate_with(
         let start = a.slots();
         a.comment("address x port pairs: first rule constrained on both (binary search)");
         a.push(Insn::ldx(Size::W, Reg::R1, CLASS, 0));
-        let mut by_class: BTreeMap<u32, Vec<(u32, &Vec<u64>)>> = BTreeMap::new();
-        for (&(c, q), row) in &h {
+        let mut by_class: BTreeMap<u32, Vec<(u32, &[u64])>> = BTreeMap::new();
+        for &(c, q, row) in &h_sorted {
             by_class.entry(c).or_default().push((q, row));
         }
         let classes: Vec<u32> = by_class.keys().copied().collect();
@@ -717,12 +734,14 @@ fn generate_with(
         classes.push((spec, entries));
     }
     let pairs = (any_h && pairs_in_map && grid.is_none()).then(|| {
-        let entries: crate::compile::MapEntries = h
-            .iter()
-            .map(|(&(c, q), row)| {
-                let mut key = c.to_ne_bytes().to_vec();
+        let entries: crate::compile::MapEntries = (h_sorted.iter())
+            .map(|&(c, q, row)| {
+                let mut key = Vec::with_capacity(8);
+                key.extend_from_slice(&c.to_ne_bytes());
                 key.extend_from_slice(&q.to_ne_bytes());
-                (key, row.iter().flat_map(|v| v.to_ne_bytes()).collect())
+                let mut value = Vec::with_capacity(8 * row.len());
+                row.iter().for_each(|v| value.extend_from_slice(&v.to_ne_bytes()));
+                (key, value)
             })
             .collect();
         let spec = MapSpec {
@@ -741,6 +760,70 @@ fn generate_with(
     Ok(Ok(Optimised { program, classes, pairs, port_maps }))
 }
 
+/// The both-constrained table H while it is built: for each (pair class, port pair class)
+/// cell a rule reached, the first pair rule per tier (`END`: none).
+struct PairTable {
+    tiers: usize,
+    /// Per pair class: port pair class -> row. One small map per pair class keeps a rule's
+    /// run over one pair class's cells in cache (one big map missed it on most cells).
+    row_of: Vec<std::collections::HashMap<u32, u32, IdHash>>,
+    /// Cells so far.
+    len: usize,
+    /// The rows, `tiers` values each, in order of creation.
+    values: Vec<u64>,
+}
+
+impl PairTable {
+    fn new(tiers: usize, npc: usize) -> PairTable {
+        PairTable { tiers, row_of: vec![Default::default(); npc], len: 0, values: Vec::new() }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The row of cell (`pc`, `hq`), created with no rule in any tier if new.
+    fn row_mut(&mut self, pc: u32, hq: u32) -> &mut [u64] {
+        if self.row_of.len() <= pc as usize {
+            self.row_of.resize(pc as usize + 1, Default::default());
+        }
+        let next = self.len as u32;
+        let row = match self.row_of.get_mut(pc as usize) {
+            Some(cells) => *cells.entry(hq).or_insert(next) as usize,
+            None => return &mut [],
+        };
+        if row == next as usize {
+            self.len += 1;
+            self.values.resize(self.values.len() + self.tiers, END);
+        }
+        let start = row * self.tiers;
+        self.values.get_mut(start..start + self.tiers).unwrap_or_default()
+    }
+
+    fn rows(&self) -> impl Iterator<Item = &[u64]> + '_ {
+        self.values.chunks(self.tiers.max(1))
+    }
+
+    /// Every cell as (pair class, port pair class, row), in cell order.
+    fn sorted(&self) -> Vec<(u32, u32, &[u64])> {
+        let mut out = Vec::with_capacity(self.len);
+        for (pc, cells) in self.row_of.iter().enumerate() {
+            let mut hqs: Vec<(u32, u32)> = cells.iter().map(|(&hq, &row)| (hq, row)).collect();
+            hqs.sort_unstable();
+            for (hq, row) in hqs {
+                let start = row as usize * self.tiers;
+                let values = self.values.get(start..start + self.tiers).unwrap_or_default();
+                out.push((pc as u32, hq, values));
+            }
+        }
+        out
+    }
+}
+
 /// The pair table as two arrays the verifier inlines: pair classes with equal rows (the
 /// same value for every port pair class) share a row, so the grid is distinct rows x port
 /// pair classes; a cell holds an index into the distinct values (0: no pair rule).
@@ -755,28 +838,30 @@ struct PairGrid {
 }
 
 impl PairGrid {
-    /// The grid of `h`, or None when it has more cells than `tuning` allows.
+    /// The grid of `h` (cells in order), or None when it has more cells than `tuning`
+    /// allows. Values and rows are numbered in order of first appearance.
     fn new(
-        h: &BTreeMap<(u32, u32), Vec<u64>>,
+        h: &[(u32, u32, &[u64])],
         npc: usize,
         npq: usize,
         tiers: usize,
         tuning: Tuning,
     ) -> Option<PairGrid> {
         let mut values = vec![vec![END; tiers]];
-        let mut value_ids: BTreeMap<&Vec<u64>, u32> = BTreeMap::new();
+        let mut value_ids: std::collections::HashMap<&[u64], u32, IdHash> = Default::default();
         // Each pair class's sparse row: (port pair class, value index), in order.
         let mut sparse: Vec<Vec<(u32, u32)>> = vec![Vec::new(); npc];
-        for (&(pc, hq), row) in h {
+        for &(pc, hq, row) in h {
             let id = *value_ids.entry(row).or_insert_with(|| {
-                values.push(row.clone());
+                values.push(row.to_vec());
                 values.len() as u32 - 1
             });
             if let Some(r) = sparse.get_mut(pc as usize) {
                 r.push((hq, id));
             }
         }
-        let mut row_ids: BTreeMap<&Vec<(u32, u32)>, u32> = BTreeMap::new();
+        let mut row_ids: std::collections::HashMap<&Vec<(u32, u32)>, u32, IdHash> =
+            Default::default();
         let empty = Vec::new();
         row_ids.insert(&empty, 0);
         let mut rows: Vec<&Vec<(u32, u32)>> = vec![&empty];
@@ -1003,26 +1088,34 @@ struct PortRows {
 
 impl PortRows {
     fn new(tree: &PortTree, row: impl Fn(usize) -> Vec<u8>) -> PortRows {
-        let mut ids: BTreeMap<Vec<u8>, u32> = BTreeMap::new();
+        // Rows numbered in order of first appearance.
+        let mut ids: std::collections::HashMap<Vec<u8>, u32, IdHash> = Default::default();
         let mut rows = Vec::new();
         let row_of: Vec<u32> = (0..tree.leaves.len())
             .map(|q| {
                 let r = row(q);
-                *ids.entry(r.clone()).or_insert_with(|| {
-                    rows.push(r);
-                    rows.len() as u32 - 1
-                })
+                if let Some(&id) = ids.get(&r) {
+                    return id;
+                }
+                let id = rows.len() as u32;
+                rows.push(r.clone());
+                ids.insert(r, id);
+                id
             })
             .collect();
         let protocols: Vec<usize> = (0..tree.protocols.len()).filter(|&p| tree.mapped(p)).collect();
+        // Every port of a destination-port interval gets that interval's row.
+        let ports = 1 + u16::MAX as usize;
         let slots = (protocols.iter())
             .map(|&p| {
-                (0..=u16::MAX as u32)
-                    .map(|port| {
-                        let x = interval_of(&tree.dports, port);
-                        tree.index.get(&(p, x, 0)).map_or(0, |&q| row_of[q])
-                    })
-                    .collect()
+                let mut slot = Vec::with_capacity(ports);
+                for (x, &start) in tree.dports.iter().enumerate() {
+                    let end = tree.dports.get(x + 1).map_or(ports, |&e| (e as usize).min(ports));
+                    let row = tree.leaf_at(p, x, 0).and_then(|q| row_of.get(q)).copied();
+                    let n = end.saturating_sub(start as usize);
+                    slot.extend(std::iter::repeat_n(row.unwrap_or(0), n));
+                }
+                slot
             })
             .collect();
         PortRows { rows, row_of, protocols, slots }
@@ -1136,8 +1229,8 @@ fn set_bits(words: &[u64]) -> impl Iterator<Item = usize> + '_ {
     })
 }
 
-/// Hashing for u32 ids (group numbers): one multiplication instead of SipHash, which
-/// dominated the partition refinement's time.
+/// Hashing for ids and table rows built from them (not from user text): one
+/// multiplication per word instead of SipHash, which dominated building the tables.
 type IdHash = std::hash::BuildHasherDefault<IdHasher>;
 
 #[derive(Default)]
@@ -1145,15 +1238,26 @@ struct IdHasher(u64);
 
 impl std::hash::Hasher for IdHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // The table takes its bucket from the low bits, which a product gets from the
+        // key's low bits alone: fold the high half in.
+        self.0 ^ self.0 >> 32
     }
     fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(w);
+            self.write_u64(u64::from_ne_bytes(word));
+        }
+        for &b in words.remainder() {
             self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         }
     }
     fn write_u32(&mut self, v: u32) {
         self.0 = (self.0 ^ u64::from(v)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 
@@ -1177,10 +1281,19 @@ struct PortTree {
     types: Vec<u32>,
     codes: Vec<u32>,
     leaves: Vec<PortRep>,
-    /// Leaf id per (protocol interval, a, b).
-    index: BTreeMap<(usize, usize, usize), usize>,
+    /// Where each protocol interval's leaves start in `leaves`, and how they are laid out.
+    spans: Vec<LeafSpan>,
     /// Ports of each named-port set the rules use.
     named: BTreeMap<polc_ir::PortSetId, Vec<u16>>,
+}
+
+/// The leaves of one protocol interval: one leaf, or a grid of `rows` x `cols` leaves
+/// (dst port x src port, or ICMP type x code), row-major from `first`.
+#[derive(Debug, Clone, Copy)]
+struct LeafSpan {
+    first: usize,
+    rows: usize,
+    cols: usize,
 }
 
 fn starts_of(boundaries: BTreeSet<u32>) -> Vec<u32> {
@@ -1202,6 +1315,12 @@ fn intervals_overlapping(starts: &[u32], lo: u32, hi: u32) -> std::ops::Range<us
 }
 
 impl PortTree {
+    /// The leaf of protocol interval `p` at row `x`, column `y` (a single leaf is (0, 0)).
+    fn leaf_at(&self, p: usize, x: usize, y: usize) -> Option<usize> {
+        let span = self.spans.get(p)?;
+        (x < span.rows && y < span.cols).then_some(span.first + x * span.cols + y)
+    }
+
     fn kind(&self, proto_interval: usize) -> u8 {
         self.protocols[proto_interval] as u8
     }
@@ -1219,7 +1338,7 @@ impl PortTree {
     /// The leaf whose class holds the flow `rep` stands for (`rep` from a finer tree).
     fn locate(&self, rep: &PortRep) -> usize {
         let p = interval_of(&self.protocols, rep.protocol as u32);
-        let key = if self.index.contains_key(&(p, 0, 0)) && !self.is_single(p) {
+        let key = if self.leaf_at(p, 0, 0).is_some() && !self.is_single(p) {
             (p, 0, 0)
         } else if let Some((t, c)) = rep.icmp {
             (p, interval_of(&self.types, t as u32), interval_of(&self.codes, c as u32))
@@ -1230,7 +1349,8 @@ impl PortTree {
                 interval_of(&self.sports, rep.src_port as u32),
             )
         };
-        self.index.get(&key).or_else(|| self.index.get(&(p, 0, 0))).copied().unwrap_or(0)
+        let (p, x, y) = key;
+        self.leaf_at(p, x, y).or_else(|| self.leaf_at(p, 0, 0)).unwrap_or(0)
     }
 
     /// Leaves a rule with match `m` may match (a superset; the caller checks each exactly).
@@ -1265,7 +1385,7 @@ impl PortTree {
         };
         let mut out = Vec::new();
         for p in protocols {
-            if let Some(&leaf) = self.index.get(&(p, 0, 0)) {
+            if let Some(leaf) = self.leaf_at(p, 0, 0) {
                 if !(self.is_single(p)
                     && (proto::has_ports(self.kind(p))
                         || self.kind(p) == proto::ICMP
@@ -1280,7 +1400,7 @@ impl PortTree {
                 if proto::has_ports(kind) { (&dports, &sports) } else { (&types, &codes) };
             for &x in xs {
                 for &y in ys {
-                    if let Some(&leaf) = self.index.get(&(p, x, y)) {
+                    if let Some(leaf) = self.leaf_at(p, x, y) {
                         out.push(leaf);
                     }
                 }
@@ -1310,39 +1430,51 @@ impl PortTree {
                 (&self.types, &self.codes)
             }
         };
-        // The leaves under protocol interval p, row x (None: all rows).
-        let subtree = |p: usize, x: Option<usize>| -> Vec<Vec<u64>> {
-            if !port_or_icmp(p) {
-                return vec![content(self.index[&(p, 0, 0)])];
-            }
-            let (xs, ys) = inner(p);
-            let rows: Vec<usize> = match x {
-                Some(x) => vec![x],
-                None => (0..xs.len()).collect(),
-            };
-            let mut out = Vec::new();
-            for x in rows {
-                for y in 0..ys.len() {
-                    out.push(content(self.index[&(p, x, y)]));
+        // The content of every leaf, once: per protocol interval, row-major (x, y).
+        let whole: Vec<Vec<Vec<u64>>> = (0..self.protocols.len())
+            .map(|p| {
+                if !port_or_icmp(p) {
+                    return vec![content(self.leaf_at(p, 0, 0).unwrap_or(0))];
                 }
+                let (xs, ys) = inner(p);
+                let mut out = Vec::with_capacity(xs.len() * ys.len());
+                for x in 0..xs.len() {
+                    for y in 0..ys.len() {
+                        out.push(content(self.leaf_at(p, x, y).unwrap_or(0)));
+                    }
+                }
+                out
+            })
+            .collect();
+        // The leaves under protocol interval p, row x (None: all rows).
+        let subtree = |p: usize, x: Option<usize>| -> &[Vec<u64>] {
+            let all = whole.get(p).map_or(&[][..], Vec::as_slice);
+            match x {
+                Some(x) if port_or_icmp(p) => {
+                    let n = inner(p).1.len();
+                    all.get(x * n..(x + 1) * n).unwrap_or_default()
+                }
+                _ => all,
             }
-            out
         };
         // A protocol whose leaves all have the same content needs no inner search.
-        let uniform = |p: usize| {
-            let t = subtree(p, None);
-            t.windows(2).all(|w| w[0] == w[1]).then(|| t.into_iter().next())
-        };
+        let uniform: Vec<bool> = whole.iter().map(|t| t.windows(2).all(|w| w[0] == w[1])).collect();
+        let is_uniform = |p: usize| uniform.get(p).copied().unwrap_or(false);
         // (p, 0, 0) is the first leaf under every protocol interval.
-        let first_leaf = |p: usize| self.index[&(p, 0, 0)];
+        let first_leaf = |p: usize| self.leaf_at(p, 0, 0).unwrap_or(0);
         a.push(Insn::ldx(Size::B, Reg::R1, STATE, abi::FLOW_PROTOCOL as i16));
-        let (pstarts, pfirst) = merge_equal(&self.protocols, |p| match uniform(p) {
-            Some(only) => (true, vec![only.unwrap_or_default()]),
-            None => (false, subtree(p, None)),
+        let (pstarts, pfirst) = merge_equal(&self.protocols, |p| {
+            let t = subtree(p, None);
+            // A uniform protocol compares by its one content.
+            if is_uniform(p) {
+                (true, t.get(..1).unwrap_or_default())
+            } else {
+                (false, t)
+            }
         });
         emit_intervals(a, Reg::R1, &pstarts, done, &mut |a, pi| {
             let p = pfirst[pi];
-            if !port_or_icmp(p) || uniform(p).is_some() {
+            if !port_or_icmp(p) || is_uniform(p) {
                 leaf(a, first_leaf(p));
                 return;
             }
@@ -1367,9 +1499,11 @@ impl PortTree {
             }
             emit_intervals(a, Reg::R2, &xstarts, done, &mut |a, xi| {
                 let x = xfirst[xi];
-                let (ystarts, yfirst) = merge_equal(ys, |y| content(self.index[&(p, x, y)]));
+                let at = |y: usize| self.leaf_at(p, x, y).unwrap_or(0);
+                let row = subtree(p, Some(x));
+                let (ystarts, yfirst) = merge_equal(ys, |y| row.get(y));
                 emit_intervals(a, Reg::R3, &ystarts, done, &mut |a, yi| {
-                    leaf(a, self.index[&(p, x, yfirst[yi])]);
+                    leaf(a, at(yfirst[yi]));
                 });
             });
         });
@@ -1635,14 +1769,23 @@ impl<'a> Context<'a> {
                 next += 1;
             }
         }
-        for set in sets.iter().filter_map(|id| self.set_classes.get(id)) {
-            let mut split: std::collections::HashMap<u32, u32, IdHash> = Default::default();
+        // Per group: the last set that split it (its number + 1) and the group its members
+        // in that set moved to.
+        let mut split: Vec<(u32, u32)> = Vec::new();
+        let set_bitsets = sets.iter().filter_map(|id| self.set_classes.get(id));
+        for (stamp, set) in (1u32..).zip(set_bitsets) {
             for c in set_bits(set) {
-                if let Some(g) = group.get_mut(c) {
-                    *g = *split.entry(*g).or_insert_with(|| {
+                let Some(g) = group.get_mut(c) else { continue };
+                let old = *g as usize;
+                if split.len() <= old {
+                    split.resize(old + 1, (0, 0));
+                }
+                if let Some(moved) = split.get_mut(old) {
+                    if moved.0 != stamp {
+                        *moved = (stamp, next);
                         next += 1;
-                        next - 1
-                    });
+                    }
+                    *g = moved.1;
                 }
             }
         }
@@ -1717,14 +1860,18 @@ impl<'a> Context<'a> {
         let types = starts_of(types);
         let codes = starts_of(codes);
         let mut leaves = Vec::new();
-        let mut index = BTreeMap::new();
+        let mut spans = Vec::with_capacity(protocols.len());
         for (p, &first) in protocols.iter().enumerate() {
             let single = protocols.get(p + 1) == Some(&(first + 1));
             let protocol = first as u8;
             if single && proto::has_ports(protocol) {
-                for (d, &dp) in dports.iter().enumerate() {
-                    for (s, &sp) in sports.iter().enumerate() {
-                        index.insert((p, d, s), leaves.len());
+                spans.push(LeafSpan {
+                    first: leaves.len(),
+                    rows: dports.len(),
+                    cols: sports.len(),
+                });
+                for &dp in &dports {
+                    for &sp in &sports {
                         leaves.push(PortRep {
                             protocol,
                             src_port: sp as u16,
@@ -1734,9 +1881,9 @@ impl<'a> Context<'a> {
                     }
                 }
             } else if single && (protocol == proto::ICMP || protocol == proto::ICMPV6) {
-                for (ty, &tv) in types.iter().enumerate() {
-                    for (c, &cv) in codes.iter().enumerate() {
-                        index.insert((p, ty, c), leaves.len());
+                spans.push(LeafSpan { first: leaves.len(), rows: types.len(), cols: codes.len() });
+                for &tv in &types {
+                    for &cv in &codes {
                         leaves.push(PortRep {
                             protocol,
                             src_port: 0,
@@ -1746,11 +1893,11 @@ impl<'a> Context<'a> {
                     }
                 }
             } else {
-                index.insert((p, 0, 0), leaves.len());
+                spans.push(LeafSpan { first: leaves.len(), rows: 1, cols: 1 });
                 leaves.push(PortRep { protocol, src_port: 0, dst_port: 0, icmp: None });
             }
         }
-        PortTree { protocols, dports, sports, types, codes, leaves, index, named }
+        PortTree { protocols, dports, sports, types, codes, leaves, spans, named }
     }
 }
 
