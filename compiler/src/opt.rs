@@ -139,6 +139,9 @@ pub struct Tuning {
     /// IPv4 address classes in a trie of arrays (inlined lookups, one per address byte at
     /// most) instead of an LPM map (a helper call that walks one node per prefix bit).
     pub class_trie: bool,
+    /// Largest table (one map value); a class trie (or its class values) past it uses the
+    /// LPM layout instead.
+    pub max_table_bytes: u64,
 }
 
 impl Default for Tuning {
@@ -148,6 +151,7 @@ impl Default for Tuning {
             max_code_port_leaves: MAX_CODE_PORT_LEAVES,
             max_pair_cells: MAX_PAIR_CELLS,
             class_trie: true,
+            max_table_bytes: MAX_TABLE_BYTES,
         }
     }
 }
@@ -162,11 +166,21 @@ pub fn generate(
 ) -> Result<Result<Optimised, Fallback>, crate::asm::AsmError> {
     match generate_with(ep, family, rules, tuning)? {
         Err(Fallback(why)) if why.contains(PAIRS_IN_CODE) && tuning.max_code_pairs > 0 => {
-            generate_with(ep, family, rules, Tuning { max_code_pairs: 0, ..tuning })
+            generate(ep, family, rules, Tuning { max_code_pairs: 0, ..tuning })
+        }
+        Err(Fallback(why)) if why.contains(TRIE_TOO_LARGE) && tuning.class_trie => {
+            generate(ep, family, rules, Tuning { class_trie: false, ..tuning })
         }
         other => Ok(other),
     }
 }
+
+/// Largest -O2 table (one map value, allocated whole in the kernel, twice for in-place
+/// updates; the verifier also bounds variable offsets into a value at 512 MiB).
+pub const MAX_TABLE_BYTES: u64 = 64 << 20;
+/// Marks a class trie (or class values table) over `Tuning::max_table_bytes`: worth one
+/// more try with the LPM layout.
+const TRIE_TOO_LARGE: &str = "the class trie tables would exceed";
 
 const TOO_MANY_INSNS: &str = "instructions (at most";
 /// Marks a too-large program whose pair table was code: worth one more try with the table
@@ -444,6 +458,17 @@ fn generate_with(
             Some((u32::from(v), p.len(), c as u32))
         }))
     });
+    if let Some(trie) = &trie {
+        let nodes = u64::from(trie_rows(trie.nodes.len())) * u64::from(4 * TRIE_FANOUT);
+        let values = u64::from(class_value_rows(nclasses)) * u64::from(class_value_size(tiers));
+        if nodes.max(values) > tuning.max_table_bytes {
+            return fallback(format!(
+                "{} nodes and {nclasses} address classes: {TRIE_TOO_LARGE} {} bytes",
+                trie.nodes.len(),
+                tuning.max_table_bytes
+            ));
+        }
+    }
     if let Some(trie) = &trie {
         let n = trie.nodes.len();
         a.comment(format!(
@@ -1917,7 +1942,7 @@ fn addr_of(family: Family, bits: u128) -> IpAddr {
 
 #[cfg(test)]
 mod tests {
-    use super::{set_bits, ClassTrie};
+    use super::{set_bits, ClassTrie, Family, Tuning, MAX_TABLE_BYTES};
     use proptest::prelude::*;
 
     /// Longest-prefix match by brute force: the class of the longest prefix holding `addr`.
@@ -1956,6 +1981,29 @@ mod tests {
                 prop_assert_eq!(trie.class_of(addr), Some(longest_match(&prefixes, addr)), "{:#x}", addr);
             }
         }
+    }
+
+    #[test]
+    fn a_class_trie_over_the_table_limit_uses_the_lpm_layout() {
+        let demo =
+            std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/demo"));
+        let maps_of = |max_table_bytes| {
+            let tuning = Tuning { max_table_bytes, ..Tuning::default() };
+            let options = crate::compile::Options { tuning, ..Default::default() };
+            let compiled =
+                crate::compile::compile_files_with(std::slice::from_ref(&demo), options).unwrap();
+            let mut names: Vec<String> = (compiled.programs.iter())
+                .filter(|p| p.family == Family::V4 && p.opt_level == 2)
+                .flat_map(|p| p.local_maps.iter().map(|m| m.spec.name.clone()))
+                .collect();
+            names.sort();
+            names.dedup();
+            names
+        };
+        assert!(maps_of(MAX_TABLE_BYTES).contains(&"polc_classtrie".to_string()));
+        let small = maps_of(1024);
+        assert!(small.contains(&"polc_classes".to_string()), "{small:?}");
+        assert!(!small.contains(&"polc_classtrie".to_string()), "{small:?}");
     }
 
     #[test]

@@ -91,8 +91,13 @@ fn check(input: &str, engines: &mut usize) -> usize {
         (2, 0, ports, 0, false),
         (2, pairs, 0, cells, true),
     ] {
-        let tuning =
-            polc::opt::Tuning { max_code_pairs, max_code_port_leaves, max_pair_cells, class_trie };
+        let tuning = polc::opt::Tuning {
+            max_code_pairs,
+            max_code_port_leaves,
+            max_pair_cells,
+            class_trie,
+            ..Default::default()
+        };
         let options = Options { opt_level, tuning, ..Options::default() };
         let compiled = compile_files_with(&[testdata(input)], options).unwrap();
         let label = format!(
