@@ -325,7 +325,9 @@ fn build(
     }
     let maps_hash = {
         use std::hash::{Hash, Hasher};
-        let mut h = ContentHasher::default();
+        // A quick hash (equal keys are compared in full, so a collision costs time only):
+        // SipHash over the megabytes of a program's tables took longer than building them.
+        let mut h = crate::opt::IdHasher::default();
         local_maps.hash(&mut h);
         h.finish()
     };
@@ -337,35 +339,6 @@ fn build(
         fallback,
         maps_hash,
     })
-}
-
-/// A quick hash of map contents for the deduplication key (equal keys are compared in
-/// full, so a collision costs time only): SipHash over the megabytes of a program's tables
-/// took longer than several steps of generating them.
-#[derive(Default)]
-struct ContentHasher(u64);
-
-impl ContentHasher {
-    fn mix(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
-
-impl std::hash::Hasher for ContentHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut words = bytes.chunks_exact(8);
-        for w in &mut words {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(w);
-            self.mix(u64::from_le_bytes(word));
-        }
-        let mut last = [0u8; 8];
-        last.iter_mut().zip(words.remainder()).for_each(|(d, s)| *d = *s);
-        self.mix(u64::from_le_bytes(last) ^ (bytes.len() as u64) << 56);
-    }
 }
 
 /// A program to generate: an endpoint (index into `Ir::endpoints`) and a family.

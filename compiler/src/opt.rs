@@ -1254,12 +1254,13 @@ fn set_bits(words: &[u64]) -> impl Iterator<Item = usize> + '_ {
     })
 }
 
-/// Hashing for ids and table rows built from them (not from user text): one
-/// multiplication per word instead of SipHash, which dominated building the tables.
+/// Hashing for ids and table rows built from them (not from user text), and for the
+/// deduplication key of table contents: one multiplication per word instead of SipHash,
+/// which dominated building the tables.
 type IdHash = std::hash::BuildHasherDefault<IdHasher>;
 
 #[derive(Default)]
-struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl std::hash::Hasher for IdHasher {
     fn finish(&self) -> u64 {
