@@ -48,9 +48,10 @@ pub const MAX_CODE_PAIRS: usize = 8_000;
 /// Most port classes searched by a branch tree in code (about 2 instructions per class plus
 /// 2 per port-only tier); past it the destination port indexes an array map.
 pub const MAX_CODE_PORT_LEAVES: usize = 2_000;
-/// Most cells of the pair grid (distinct pair rows x port pair classes, 4 bytes each: a
-/// 4 MiB table, twice in the kernel for in-place updates). Past it the pairs go to a hash
-/// map, one helper call more per decision.
+/// Most cells of the pair grid in use (distinct pair rows x port pair classes, 4 bytes
+/// each: 4 MiB; the table has room for more rows on top, and is twice in the kernel for
+/// in-place updates). Past it the pairs go to a hash map, one helper call more per
+/// decision.
 pub const MAX_PAIR_CELLS: usize = 1 << 20;
 /// Most pairs in the hash map (each entry costs about 50 bytes plus 8 per tier of kernel
 /// memory).
@@ -577,9 +578,9 @@ fn generate_with(
         a.push(Insn::ldx(Size::W, Reg::R1, CLASS, 0));
         a.push(Insn::alu64(AluOp::Mul, Reg::R1, grid.npq as i32));
         a.push(Insn::alu64(AluOp::Add, Reg::R1, QREG));
-        emit_row_address(&mut a, Reg::R1, map::PAIR_CELLS, 4, grid.cells.len() as u32, fail);
+        emit_row_address(&mut a, Reg::R1, map::PAIR_CELLS, 4, grid.cell_capacity(), fail);
         a.push(Insn::ldx(Size::W, Reg::R1, Reg::R0, 0));
-        let rows = grid.values.len() as u32;
+        let rows = grid.value_capacity();
         emit_row_address(&mut a, Reg::R1, map::PAIR_VALUES, 8 * tiers as u32, rows, fail);
         for (t, _) in tier_has_h.iter().enumerate().filter(|(_, &has)| has) {
             a.push(Insn::ldx(Size::DW, Reg::R1, Reg::R0, 8 * t as i16));
@@ -912,10 +913,23 @@ impl PairGrid {
         Some(PairGrid { row_of, cells, npq, values })
     }
 
+    /// Cells the table has room for: rows for pod churn to add (a new distinct row is
+    /// contents, not a new program), times the port pair classes (policy alone fixes them).
+    /// The program's bounds check uses it, so it must not depend on the rows in use.
+    fn cell_capacity(&self) -> u32 {
+        let rows = self.cells.len() / self.npq.max(1);
+        crate::codegen::room_for(rows).saturating_mul(self.npq as u32)
+    }
+
+    /// Distinct values the table has room for (churn can add some, like rows).
+    fn value_capacity(&self) -> u32 {
+        crate::codegen::room_for(self.values.len())
+    }
+
     fn maps(self, tiers: usize) -> Vec<(MapSpec, crate::compile::MapEntries)> {
         let cells = self.cells.iter().map(|v| v.to_ne_bytes());
         let values = self.values.iter().map(|row| row.iter().flat_map(|v| v.to_ne_bytes()));
-        let (ncells, nvalues) = (self.cells.len() as u32, self.values.len() as u32);
+        let (ncells, nvalues) = (self.cell_capacity(), self.value_capacity());
         vec![
             table_map(map::PAIR_CELLS, "polc_paircells", 4, cells, ncells),
             table_map(map::PAIR_VALUES, "polc_pairvalues", 8 * tiers as u32, values, nvalues),
@@ -1943,7 +1957,7 @@ fn addr_of(family: Family, bits: u128) -> IpAddr {
 
 #[cfg(test)]
 mod tests {
-    use super::{set_bits, ClassTrie, Family, Tuning, MAX_TABLE_BYTES};
+    use super::{set_bits, ClassTrie, Family, PairGrid, Tuning, MAX_TABLE_BYTES};
     use proptest::prelude::*;
 
     /// Longest-prefix match by brute force: the class of the longest prefix holding `addr`.
@@ -2005,6 +2019,23 @@ mod tests {
         let small = maps_of(1024);
         assert!(small.contains(&"polc_classes".to_string()), "{small:?}");
         assert!(!small.contains(&"polc_classtrie".to_string()), "{small:?}");
+    }
+
+    #[test]
+    fn a_pair_grid_keeps_its_shape_when_churn_adds_a_row() {
+        // Pair classes 0..n, each with its own rule in port pair class 1 of 4: n rows.
+        let grid = |n: u32| {
+            let values: Vec<[u64; 1]> = (0..n).map(|pc| [u64::from(pc) << 32]).collect();
+            let h: Vec<(u32, u32, &[u64])> =
+                (0..n).map(|pc| (pc, 1, &values[pc as usize][..])).collect();
+            let g = PairGrid::new(&h, n as usize, 4, 1, Tuning::default()).unwrap();
+            assert!(g.cell_capacity() as usize >= g.cells.len());
+            assert!(g.value_capacity() as usize >= g.values.len());
+            (g.cell_capacity(), g.value_capacity())
+        };
+        // A pod that adds a distinct row (and value) changes contents, not the table's size,
+        // which the program's bounds checks are compiled from.
+        assert_eq!(grid(5), grid(6));
     }
 
     #[test]
