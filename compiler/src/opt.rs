@@ -30,7 +30,7 @@
 //! more than [`MAX_TIERS`] tiers, or tables over budget) fall back to -O0.
 
 use crate::asm::{helper, AluOp, Asm, Cond, Insn, Label, Program, Reg, Size};
-use crate::codegen::{map, MapKind, MapSpec, RuleKey, RuleTable};
+use crate::codegen::{map, room_for, MapKind, MapSpec, RuleKey, RuleTable};
 use polc_abi as abi;
 use polc_ir::eval::rule_matches;
 use polc_ir::{
@@ -134,11 +134,11 @@ pub struct Tuning {
     /// Port trees up to this many leaves are compiled to code; with more, the port of a
     /// TCP, UDP or SCTP flow finds its row in two array maps (inlined lookups).
     pub max_code_port_leaves: usize,
-    /// Pair tables not in code go into two arrays (inlined lookups) when their grid of
+    /// Pair tables not in code go into two tables (the pair grid) when their grid of
     /// distinct rows x port pair classes has at most this many cells, else a hash map.
     pub max_pair_cells: usize,
-    /// IPv4 address classes in a trie of arrays (inlined lookups, one per address byte at
-    /// most) instead of an LPM map (a helper call that walks one node per prefix bit).
+    /// IPv4 address classes in a trie table (one load per address byte at most) instead of
+    /// an LPM map (a helper call that walks one node per prefix bit).
     pub class_trie: bool,
     /// Largest table (one map value); a class trie (or its class values) past it uses the
     /// LPM layout instead.
@@ -459,9 +459,12 @@ fn generate_with(
             Some((u32::from(v), p.len(), c as u32))
         }))
     });
+    // Table capacities (room to grow, so churn keeps their shape): nodes, class values.
+    let trie_rows = room_for(trie.as_ref().map_or(0, |t| t.nodes.len()));
+    let class_rows = room_for(nclasses);
     if let Some(trie) = &trie {
-        let nodes = u64::from(trie_rows(trie.nodes.len())) * u64::from(4 * TRIE_FANOUT);
-        let values = u64::from(class_value_rows(nclasses)) * u64::from(class_value_size(tiers));
+        let nodes = u64::from(trie_rows) * u64::from(4 * TRIE_FANOUT);
+        let values = u64::from(class_rows) * u64::from(tier_row_size(tiers));
         if nodes.max(values) > tuning.max_table_bytes {
             return fallback(format!(
                 "{} nodes and {nclasses} address classes: {TRIE_TOO_LARGE} {} bytes",
@@ -469,17 +472,21 @@ fn generate_with(
                 tuning.max_table_bytes
             ));
         }
-    }
-    if let Some(trie) = &trie {
         let n = trie.nodes.len();
         a.comment(format!(
             "address class of the peer: walk the class trie ({n} node{}), a node per address byte",
             if n == 1 { "" } else { "s" }
         ));
-        emit_trie_walk(&mut a, peer_off, trie_rows(trie.nodes.len()), fail);
+        emit_trie_walk(&mut a, peer_off, trie_rows, fail);
         a.comment("the class's value (r9): pair row, then F per tier");
-        let rows = class_value_rows(ctx.classes.len());
-        emit_row_address(&mut a, Reg::R1, map::CLASS_VALUES, class_value_size(tiers), rows, fail);
+        emit_row_address(
+            &mut a,
+            Reg::R1,
+            map::CLASS_VALUES,
+            tier_row_size(tiers),
+            class_rows,
+            fail,
+        );
         a.push(Insn::mov64(CLASS, Reg::R0));
     } else if use_classes {
         a.comment("address class of the peer: one LPM lookup (r9 = class value)");
@@ -539,7 +546,7 @@ fn generate_with(
             a.bind(done);
             a.comment("the port row: G per tier, then the pair port class");
             let rows = pm.rows.len() as u32;
-            emit_row_address(&mut a, QREG, map::PORT_ROWS, port_row_size(tiers), rows, fail);
+            emit_row_address(&mut a, QREG, map::PORT_ROWS, tier_row_size(tiers), rows, fail);
             for t in (0..tiers).filter(|&t| tier_has_g[t]) {
                 a.push(Insn::ldx(Size::DW, Reg::R1, Reg::R0, 8 + 8 * t as i16));
                 a.push(Insn::stx(Size::DW, Reg::R10, g_slot(t), Reg::R1));
@@ -728,15 +735,20 @@ fn generate_with(
         }
         value
     };
-    let value_size = class_value_size(tiers);
+    let value_size = tier_row_size(tiers);
     let mut classes = Vec::new();
     if let Some(ClassTrie { nodes }) = trie {
-        let rows = trie_rows(nodes.len());
         let nodes = nodes.iter().map(|n| n.iter().flat_map(|&e| trie_entry(e).to_ne_bytes()));
-        classes.push(table_map(map::CLASS_TRIE, "polc_classtrie", 4 * TRIE_FANOUT, nodes, rows));
-        let values = (0..ctx.classes.len()).map(class_value);
-        let rows = class_value_rows(ctx.classes.len());
-        classes.push(table_map(map::CLASS_VALUES, "polc_classvals", value_size, values, rows));
+        let trie = table_map(map::CLASS_TRIE, "polc_classtrie", 4 * TRIE_FANOUT, nodes, trie_rows);
+        classes.push(trie);
+        let values = (0..nclasses).map(class_value);
+        classes.push(table_map(
+            map::CLASS_VALUES,
+            "polc_classvals",
+            value_size,
+            values,
+            class_rows,
+        ));
     } else if use_classes {
         let mut entries = Vec::new();
         for (c, class) in ctx.classes.iter().enumerate() {
@@ -754,7 +766,7 @@ fn generate_with(
             kind: MapKind::LpmTrie,
             key_size: 4 + family.bits() as u32 / 8,
             value_size,
-            max_entries: crate::codegen::room_for(entries.len()),
+            max_entries: room_for(entries.len()),
             flags: 1,
         };
         classes.push((spec, entries));
@@ -776,7 +788,7 @@ fn generate_with(
             kind: MapKind::Hash,
             key_size: 8,
             value_size: 8 * tiers as u32,
-            max_entries: crate::codegen::room_for(entries.len()),
+            max_entries: room_for(entries.len()),
             flags: 0,
         };
         (spec, entries)
@@ -850,7 +862,7 @@ impl PairTable {
     }
 }
 
-/// The pair table as two arrays the verifier inlines: pair classes with equal rows (the
+/// The pair table as two tables (see [`table_map`]): pair classes with equal rows (the
 /// same value for every port pair class) share a row, so the grid is distinct rows x port
 /// pair classes; a cell holds an index into the distinct values (0: no pair rule).
 struct PairGrid {
@@ -918,12 +930,12 @@ impl PairGrid {
     /// The program's bounds check uses it, so it must not depend on the rows in use.
     fn cell_capacity(&self) -> u32 {
         let rows = self.cells.len() / self.npq.max(1);
-        crate::codegen::room_for(rows).saturating_mul(self.npq as u32)
+        room_for(rows).saturating_mul(self.npq as u32)
     }
 
     /// Distinct values the table has room for (churn can add some, like rows).
     fn value_capacity(&self) -> u32 {
-        crate::codegen::room_for(self.values.len())
+        room_for(self.values.len())
     }
 
     fn maps(self, tiers: usize) -> Vec<(MapSpec, crate::compile::MapEntries)> {
@@ -987,24 +999,10 @@ fn emit_row_address(a: &mut Asm, index: Reg, handle: u32, stride: u32, rows: u32
     a.push(Insn::alu64(AluOp::Add, Reg::R0, index));
 }
 
-/// Size of a class value: the pair row (u32, padded), then F per tier.
-fn class_value_size(tiers: usize) -> u32 {
+/// Size of a class value and of a port row: a u32 for the pair lookup (the pair row, or
+/// the pair port class), padded to 8, then one value per tier (F, or G).
+fn tier_row_size(tiers: usize) -> u32 {
     8 + 8 * tiers as u32
-}
-
-/// Size of a port row: the pair port class (u32, padded), then G per tier.
-fn port_row_size(tiers: usize) -> u32 {
-    8 + 8 * tiers as u32
-}
-
-/// Rows of the class values table: room to grow, so churn keeps its shape.
-fn class_value_rows(classes: usize) -> u32 {
-    crate::codegen::room_for(classes)
-}
-
-/// Nodes of the class trie table: room to grow, so churn keeps its shape.
-fn trie_rows(nodes: usize) -> u32 {
-    crate::codegen::room_for(nodes)
 }
 
 /// Entries per class trie node: one per value of an address byte.
@@ -1014,8 +1012,8 @@ const TRIE_FANOUT: u32 = 256;
 /// an entry is either a class (`class << 1 | 1`) or the next byte's node (`node << 1`).
 /// Built with leaf pushing (a node starts as copies of the entry it replaces), so a walk
 /// stops at the first class it meets: the class of the longest matching prefix. Node 0 is
-/// the root. Each step is an inlined array lookup; an LPM trie lookup is a call that walks
-/// one node per distinguishing prefix bit, and grows slower as prefixes are added.
+/// the root. Each step is a load from the trie table; an LPM trie lookup is a call that
+/// walks one node per distinguishing prefix bit, and grows slower as prefixes are added.
 struct ClassTrie {
     nodes: Vec<Vec<u32>>,
 }
@@ -1173,7 +1171,7 @@ impl PortRows {
             out.push(table_map(map::PORTS, "polc_ports", 4, ports, entries));
         }
         let rows = self.rows.len() as u32;
-        out.push(table_map(map::PORT_ROWS, "polc_portrows", port_row_size(tiers), self.rows, rows));
+        out.push(table_map(map::PORT_ROWS, "polc_portrows", tier_row_size(tiers), self.rows, rows));
         out
     }
 }
