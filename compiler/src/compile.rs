@@ -850,30 +850,13 @@ pub fn elf_object(compiled: &Compiled, p: &CompiledProgram, part: usize) -> Resu
     let specs = compiled.program_map_specs(p);
     let the_part = p.parts.get(part).ok_or_else(|| Error::other(format!("no part {part}")))?;
     use crate::asm::{Insn, Pseudo};
-    // Maps the part addresses directly become `.bss` variables (see `elf`).
-    let direct: std::collections::BTreeSet<u32> = (the_part.program.insns.iter())
-        .filter_map(|insn| match insn {
-            Insn::LdImm64 { pseudo: Pseudo::MapValue, imm, .. } => Some(*imm as u32),
-            _ => None,
-        })
-        .collect();
-    let maps: Vec<ElfMap> = specs
-        .iter()
-        .map(|m| ElfMap {
-            name: m.name.to_lowercase(),
-            map_type: m.kind.type_id(),
-            key_size: m.key_size,
-            value_size: m.value_size,
-            max_entries: m.max_entries,
-            map_flags: m.flags,
-            direct: direct.contains(&m.handle),
-        })
-        .collect();
     // The relocations supply the maps. A map fd's immediates are zero in the object; a map
     // value's first immediate is the offset into the variable (libbpf adds the variable's
-    // offset in `.bss` and moves the sum to the second).
-    let mut bytes = crate::engine::patch_map_handles(the_part, |_| Some(0))?;
+    // offset in `.bss` and moves the sum to the second). Maps the part addresses directly
+    // become `.bss` variables (see `elf`).
+    let mut bytes = the_part.bytes.clone();
     let mut relocs = Vec::new();
+    let mut direct = vec![false; specs.len()];
     let mut slot = 0usize;
     for insn in &the_part.program.insns {
         if let Insn::LdImm64 { pseudo: pseudo @ (Pseudo::MapFd | Pseudo::MapValue), imm, .. } = insn
@@ -883,14 +866,28 @@ pub fn elf_object(compiled: &Compiled, p: &CompiledProgram, part: usize) -> Resu
                 Error::other(format!("instruction {slot} refers to unknown map {handle}"))
             })?;
             relocs.push(MapReloc { insn_index: slot, map });
-            if *pseudo == Pseudo::MapValue {
-                let offset = (*imm >> 32) as u32;
-                bytes[slot * 8 + 4..slot * 8 + 8].copy_from_slice(&offset.to_le_bytes());
-                bytes[slot * 8 + 12..slot * 8 + 16].copy_from_slice(&[0; 4]);
-            }
+            let first = if *pseudo == Pseudo::MapValue {
+                direct[map] = true;
+                (*imm >> 32) as u32
+            } else {
+                0
+            };
+            bytes[slot * 8 + 4..slot * 8 + 8].copy_from_slice(&first.to_le_bytes());
+            bytes[slot * 8 + 12..slot * 8 + 16].copy_from_slice(&[0; 4]);
         }
         slot += insn.slots();
     }
+    let maps: Vec<ElfMap> = (specs.iter().zip(direct))
+        .map(|(m, direct)| ElfMap {
+            name: m.name.to_lowercase(),
+            map_type: m.kind.type_id(),
+            key_size: m.key_size,
+            value_size: m.value_size,
+            max_entries: m.max_entries,
+            map_flags: m.flags,
+            direct,
+        })
+        .collect();
     let name = if part == 0 { "polc_policy".to_string() } else { format!("polc_part{part}") };
     let prog = ElfProgram {
         name: &name,

@@ -139,16 +139,7 @@ pub fn write_object(p: &ElfProgram) -> Result<Vec<u8>, ElfError> {
         for (i, map) in p.maps.iter().enumerate().filter(|(_, m)| m.direct) {
             let size = u64::from(map.value_size);
             let offset = obj.append_section_bss(bss, size.next_multiple_of(8), 8);
-            symbol_of[i] = Some(obj.add_symbol(Symbol {
-                name: map.name.as_bytes().to_vec(),
-                value: offset,
-                size,
-                kind: SymbolKind::Data,
-                scope: SymbolScope::Dynamic,
-                weak: false,
-                section: SymbolSection::Section(bss),
-                flags: SymbolFlags::None,
-            }));
+            symbol_of[i] = Some(obj.add_symbol(global_object(&map.name, bss, offset, size)));
         }
     }
     let defined: Vec<(usize, &ElfMap)> =
@@ -166,16 +157,8 @@ pub fn write_object(p: &ElfProgram) -> Result<Vec<u8>, ElfError> {
         let maps_section = obj.add_section(Vec::new(), b".maps".to_vec(), SectionKind::Data);
         obj.append_section_data(maps_section, &vec![0u8; maps_len as usize], 8);
         for ((def, &offset), &(i, _)) in defs.iter().zip(&offsets).zip(&defined) {
-            symbol_of[i] = Some(obj.add_symbol(Symbol {
-                name: def.name.as_bytes().to_vec(),
-                value: u64::from(offset),
-                size: u64::from(def.size()),
-                kind: SymbolKind::Data,
-                scope: SymbolScope::Dynamic,
-                weak: false,
-                section: SymbolSection::Section(maps_section),
-                flags: SymbolFlags::None,
-            }));
+            let symbol = global_object(def.name, maps_section, offset.into(), def.size().into());
+            symbol_of[i] = Some(obj.add_symbol(symbol));
         }
         let btf = obj.add_section(
             Vec::new(),
@@ -204,6 +187,21 @@ pub fn write_object(p: &ElfProgram) -> Result<Vec<u8>, ElfError> {
     }
 
     obj.write().map_err(|e| ElfError::new(format!("cannot write: {e}")))
+}
+
+/// A GLOBAL OBJECT symbol: how libbpf finds a map definition in `.maps` or a variable in
+/// `.bss`.
+fn global_object(name: &str, section: object::write::SectionId, value: u64, size: u64) -> Symbol {
+    Symbol {
+        name: name.as_bytes().to_vec(),
+        value,
+        size,
+        kind: SymbolKind::Data,
+        scope: SymbolScope::Dynamic,
+        weak: false,
+        section: SymbolSection::Section(section),
+        flags: SymbolFlags::None,
+    }
 }
 
 /// Reads back the single program section of an object: its name and instruction bytes.
