@@ -480,27 +480,34 @@ pub fn run_detach(args: &PinArgs) -> Result<()> {
 /// `polc status`.
 pub fn run_status(args: &PinArgs) -> Result<()> {
     // Nothing attached is a state, not an error: exit 0, and JSON of the same shape.
-    let st = match dp::status(&args.pin_path) {
+    let (st, attached) = match dp::status(&args.pin_path) {
         Err(dp::DataplaneError::NotAttached(path)) => {
-            return match args.output {
-                OutputFormat::Json => print_stdout(&format!(
-                    "{}\n",
-                    to_json(&serde_json::json!({
-                        "attached": false, "pin_path": path, "generation": 0, "runtime": [],
-                        "endpoints": [], "conntrack": null, "drops": {}, "services": [],
-                    }))?
-                )),
-                OutputFormat::Text => print_stdout(&format!("nothing attached under {path}\n")),
+            if args.output == OutputFormat::Text {
+                return print_stdout(&format!("nothing attached under {path}\n"));
+            }
+            let empty = dp::Status {
+                pin_path: path,
+                generation: 0,
+                runtime: Vec::new(),
+                endpoints: Vec::new(),
+                conntrack: dp::ConntrackStatus { entries: 0, max_entries: 0 },
+                drops: Default::default(),
+                services: Vec::new(),
             };
+            (empty, false)
         }
-        other => other.map_err(loader_err)?,
+        other => (other.map_err(loader_err)?, true),
     };
     match args.output {
         OutputFormat::Json => {
             let mut value = serde_json::to_value(&st)
                 .map_err(|e| Error::other(format!("cannot encode the status: {e}")))?;
             if let Some(object) = value.as_object_mut() {
-                object.insert("attached".into(), true.into());
+                object.insert("attached".into(), attached.into());
+                if !attached {
+                    // No conntrack map to report on.
+                    object.insert("conntrack".into(), serde_json::Value::Null);
+                }
             }
             print_stdout(&format!("{}\n", to_json(&value)?))
         }
