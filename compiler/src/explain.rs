@@ -330,8 +330,7 @@ fn resolve_party<'a>(r: &Resolver<'a>, text: &str, flag: &str) -> Result<Resolve
             return Ok(Resolved { pod: None, ips: svc.cluster_ips.clone() });
         }
         // hostNetwork pods are not endpoints: their traffic is the node's.
-        let host_network = format!("(Pod {ns}/{name}): hostNetwork pod");
-        if r.cluster.notes.iter().any(|n| n.contains(&host_network)) {
+        if r.cluster.host_network_pods.iter().any(|p| p == text) {
             return Err(Error::input(format!(
                 "{flag} {text:?}: a hostNetwork pod is not a policy endpoint (its traffic is \
                  the node's): give its IP address to explain a flow from or to it"

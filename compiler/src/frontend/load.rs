@@ -823,6 +823,7 @@ fn object_label(header: &Header, kind: ObjKind) -> (String, String) {
 fn add_pod(c: &mut Cluster, raw: RawPod, source: Source, namespace: String, name: String) {
     if raw.spec.host_network == Some(true) {
         c.notes.push(format!("{source}: hostNetwork pod is not a policy endpoint: skipped"));
+        c.host_network_pods.push(format!("{namespace}/{name}"));
         return;
     }
     if let Some(phase @ ("Succeeded" | "Failed")) = raw.status.phase.as_deref() {

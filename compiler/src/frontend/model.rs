@@ -56,6 +56,8 @@ pub struct Cluster {
     pub services: Vec<Service>,
     /// discovery.k8s.io/v1 EndpointSlices of IPv4/IPv6 addresses (FQDN ones are left out).
     pub endpoint_slices: Vec<EndpointSlice>,
+    /// hostNetwork pods, `namespace/name`: not endpoints (their traffic is the node's).
+    pub host_network_pods: Vec<String>,
     /// Informational: skipped documents/kinds, hostNetwork pods, implicit namespaces.
     pub notes: Vec<String>,
     /// What polc read but does not enforce, with location: `http`/`services` in Deny and Log
