@@ -226,6 +226,25 @@ fn bpftool_load(bpftool: &Path, obj: &[u8], tag: &str) -> Pin {
     pin
 }
 
+/// Loads `obj` with bpftool: its pin, `prog show` of it, and `map show` of every map it uses.
+fn load_and_show(
+    bpftool: &Path,
+    obj: &[u8],
+    tag: &str,
+) -> (Pin, serde_json::Value, Vec<serde_json::Value>) {
+    let pin = bpftool_load(bpftool, obj, tag);
+    let pin_path = pin.0.to_string_lossy().into_owned();
+    let info = bpftool_json(bpftool, &["prog", "show", "pinned", &pin_path]);
+    let map_ids = info["map_ids"].as_array().expect("map_ids").clone();
+    let shown = (map_ids.iter())
+        .map(|id| {
+            let id = id.as_u64().expect("numeric map id").to_string();
+            bpftool_json(bpftool, &["map", "show", "id", &id])
+        })
+        .collect();
+    (pin, info, shown)
+}
+
 fn bpftool_json(bpftool: &Path, args: &[&str]) -> serde_json::Value {
     let out = Command::new(bpftool).args(args).arg("-j").output().unwrap();
     assert!(out.status.success(), "bpftool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -320,18 +339,9 @@ fn bpftool_loads_program_with_btf_maps() {
     let code = lookups_and_tail_call();
     let maps = test_maps();
     let obj = write_object(&program(&code, &maps)).unwrap();
-    let pin = bpftool_load(&bpftool, &obj, "maps");
-    let pin_path = pin.0.to_string_lossy().into_owned();
-    let info = bpftool_json(&bpftool, &["prog", "show", "pinned", &pin_path]);
+    let (_pin, info, shown) = load_and_show(&bpftool, &obj, "maps");
     assert_eq!(info["type"], "sched_cls", "{info}");
-    let map_ids = info["map_ids"].as_array().expect("map_ids").clone();
-    assert_eq!(map_ids.len(), maps.len(), "{info}");
-
-    let mut shown = Vec::new();
-    for id in map_ids {
-        let id = id.as_u64().expect("numeric map id").to_string();
-        shown.push(bpftool_json(&bpftool, &["map", "show", "id", &id]));
-    }
+    assert_eq!(shown.len(), maps.len(), "{info}");
     for (map, kernel_type) in maps.iter().zip(["hash", "lpm_trie", "prog_array"]) {
         let m = shown
             .iter()
@@ -403,15 +413,9 @@ fn bpftool_loads_program_with_directly_addressed_maps() {
     let code = direct_reads();
     let maps = direct_maps();
     let obj = write_object(&program(&code, &maps)).unwrap();
-    let pin = bpftool_load(&bpftool, &obj, "direct");
-    let pin_path = pin.0.to_string_lossy().into_owned();
-    let info = bpftool_json(&bpftool, &["prog", "show", "pinned", &pin_path]);
-    let map_ids = info["map_ids"].as_array().expect("map_ids").clone();
+    let (_pin, info, shown) = load_and_show(&bpftool, &obj, "direct");
     // libbpf makes `.bss` one array map holding both tables.
-    assert_eq!(map_ids.len(), 2, "{info}");
-    let shown: Vec<serde_json::Value> = (map_ids.iter())
-        .map(|id| bpftool_json(&bpftool, &["map", "show", "id", &id.to_string()]))
-        .collect();
+    assert_eq!(shown.len(), 2, "{info}");
     let bss = shown.iter().find(|m| m["name"].as_str().is_some_and(|n| n.ends_with(".bss")));
     let bss = bss.unwrap_or_else(|| panic!("no .bss map among {shown:?}"));
     assert_eq!((bss["type"].as_str(), bss["max_entries"].as_u64()), (Some("array"), Some(1)));
