@@ -194,6 +194,11 @@ fn bad_input_exits_two_with_one_line() {
         &["--from", FRONTEND, "--to", "10.0.0.0/8", "--protocol", "tcp", "--port", "1"],
         "not a CIDR",
     );
+    // A flag's value the parser refuses: one line too (clap prints usage and tips).
+    assert_input_error(
+        &["--from", FRONTEND, "--to", CART, "--protocol", "tcp", "--port", "70000"],
+        "invalid value '70000' for '--port",
+    );
     assert_input_error(
         &[
             "--from",
